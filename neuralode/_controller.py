@@ -1,0 +1,138 @@
+"""Error norm, PI step-size controller and the initial step size.
+
+All functions are pure and work on flat (1-D) state arrays.
+
+The controller is the PI controller of Gustafsson (1991) in the form used by Hairer's DOPRI5
+code (Hairer, Nørsett, Wanner, *Solving ODEs I*, 2nd ed., section II.4 and IV.2): after an
+accepted step with error ratio ``r_n`` (previous accepted ratio ``r_{n-1}``)
+
+    h_new = h · clip(safety · r_n^(-α) · r_{n-1}^(β), factormin, factormax),
+    α = 1/(q+1) - 0.75 β,
+
+where ``q`` is the order of the error estimate. ``β = 0`` gives the classical I controller
+(diffrax's default); Hairer recommends ``β = 0.04`` for DOPRI5. After a rejected step the
+step only shrinks (``r^(-1/(q+1))`` with the same safety and ``factormin``), and the first
+step after a rejection may not grow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+
+@dataclasses.dataclass(frozen=True)
+class PIController:
+    """Step-size controller for adaptive solvers (static configuration).
+
+    Args:
+        beta: Weight of the previous error ratio (the "P" part). ``0.0`` is a pure integral
+            controller. Default ``0.04`` (Hairer's stabilised DOPRI5 value).
+        safety: Safety factor multiplying every proposed step. Default ``0.9``.
+        factormin: Smallest factor by which one step may shrink. Default ``0.2``.
+        factormax: Largest factor by which one step may grow. Default ``10.0``.
+        dtmin: Smallest allowed step size (absolute). If the controller asks for a smaller
+            step, the solve stops with ``Result.dt_min_reached``. Default ``None``: only the
+            floating-point limit (a step that no longer changes ``t``).
+        dtmax: Largest allowed step size (absolute). Default ``None`` (unbounded).
+
+    Example:
+        ```python
+        sol = nde.odeint(f, y0, ts, controller=nde.PIController(beta=0.0, dtmax=0.1))
+        ```
+    """
+
+    beta: float = 0.04
+    safety: float = 0.9
+    factormin: float = 0.2
+    factormax: float = 10.0
+    dtmin: float | None = None
+    dtmax: float | None = None
+
+    def __post_init__(self):
+        checks = {
+            "beta": 0.0 <= self.beta < 0.5,
+            "safety": 0.0 < self.safety <= 1.0,
+            "factormin": 0.0 < self.factormin < 1.0,
+            "factormax": self.factormax > 1.0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"PIController: `{name}`={getattr(self, name)!r} is out of range "
+                    "(need 0 <= beta < 0.5, 0 < safety <= 1, 0 < factormin < 1, factormax > 1)."
+                )
+        for name in ("dtmin", "dtmax"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and value > 0):
+                raise ValueError(f"PIController: `{name}` must be a positive number or None.")
+        if self.dtmin is not None and self.dtmax is not None and self.dtmin > self.dtmax:
+            raise ValueError("PIController: `dtmin` must not exceed `dtmax`.")
+
+
+def rms_norm(x: Float[Array, " n"]) -> Float[Array, ""]:
+    """Root-mean-square norm of a flat array (0 for an empty one)."""
+    if x.size == 0:
+        return jnp.zeros((), x.dtype)
+    return jnp.sqrt(jnp.mean(jnp.square(x)))
+
+
+def error_scale(y0, y1, rtol, atol):
+    """``atol + rtol * max(|y0|, |y1|)``, elementwise."""
+    return atol + rtol * jnp.maximum(jnp.abs(y0), jnp.abs(y1))
+
+
+def initial_step(fn, t0, y0, f0, t_end, error_order: int, rtol, atol, full_y0=None,
+                 full_f0=None):
+    """Initial step size by Hairer, Nørsett, Wanner, *Solving ODEs I*, section II.4.
+
+    Uses one extra evaluation of ``fn`` at ``t0 + h0`` with ``h0 <= t_end - t0`` (the
+    vector field is never evaluated outside the integration interval). Returns the step.
+    With a seminorm, ``y0``/``f0`` are the controlled part and ``full_y0``/``full_f0`` the
+    whole state that ``fn`` takes (``fn`` then returns the controlled part).
+    """
+    span = t_end - t0
+    scale = atol + rtol * jnp.abs(y0)
+    d0 = rms_norm(y0 / scale)
+    d1 = rms_norm(f0 / scale)
+    h0 = jnp.where((d0 < 1e-5) | (d1 < 1e-5), 1e-6, 0.01 * d0 / d1)
+    h0 = jnp.minimum(h0, span)
+    if full_y0 is None:
+        f1 = fn(t0 + h0, y0 + h0 * f0)
+    else:
+        f1 = fn(t0 + h0, full_y0 + h0 * full_f0)
+    d2 = rms_norm((f1 - f0) / scale) / h0
+    dmax = jnp.maximum(d1, d2)
+    h1 = jnp.where(
+        dmax <= 1e-15,
+        jnp.maximum(1e-6, h0 * 1e-3),
+        (0.01 / jnp.maximum(dmax, 1e-15)) ** (1.0 / (error_order + 1)),
+    )
+    h = jnp.minimum(100 * h0, h1)
+    h = jnp.minimum(h, span)
+    return jnp.where(jnp.isfinite(h) & (h > 0), h, span)
+
+
+def step_factor(ratio, prev_ratio, accepted, rejected_last, error_order: int, ctrl: PIController):
+    """Factor ``h_new / h`` proposed by the PI controller (see module docstring)."""
+    k = 1.0 / (error_order + 1)
+    alpha = k - 0.75 * ctrl.beta
+    safe_ratio = jnp.maximum(ratio, 1e-10)
+    finite = jnp.isfinite(ratio)
+    grow = ctrl.safety * safe_ratio ** (-alpha) * prev_ratio**ctrl.beta
+    grow = jnp.clip(grow, ctrl.factormin, ctrl.factormax)
+    grow = jnp.where(rejected_last, jnp.minimum(grow, 1.0), grow)
+    shrink = jnp.clip(ctrl.safety * safe_ratio ** (-k), ctrl.factormin, 1.0)
+    factor = jnp.where(accepted, grow, shrink)
+    return jnp.where(finite, factor, ctrl.factormin)
+
+
+def dtmin_value(ctrl: PIController) -> float:
+    return 0.0 if ctrl.dtmin is None else float(ctrl.dtmin)
+
+
+def dtmax_value(ctrl: PIController) -> float:
+    return math.inf if ctrl.dtmax is None else float(ctrl.dtmax)

@@ -1,0 +1,394 @@
+"""The pure integrators: flat state in, outputs at ``ts`` and statistics out.
+
+Everything here works on one flat 1-D state array ``y`` and a vector field
+``fn(t, y, params) -> dy/dt`` on flat arrays; ``neuralode._odeint`` does the pytree
+bookkeeping. Two integrators:
+
+* :func:`integrate_adaptive`: an embedded Runge-Kutta pair inside one ``lax.while_loop``.
+  Steps are not clipped to the output times; outputs come from each step's dense
+  interpolant (an inner ``while_loop`` writes every output time that falls in an accepted
+  step). Only the last step is clipped so that ``f`` is never evaluated past the final time.
+* :func:`integrate_fixed`: a fixed-step method as nested ``lax.scan`` over output intervals
+  and sub-steps, differentiable by plain reverse-mode autodiff (the paper's RK-Net).
+
+Both integrate in the direction of ``ts``: for decreasing ``ts`` they solve the mirrored
+problem ``ds/dτ = -f(-τ, s)`` forwards, a runtime sign, so direction never recompiles.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ._controller import (
+    PIController,
+    dtmax_value,
+    dtmin_value,
+    error_scale,
+    initial_step,
+    rms_norm,
+    step_factor,
+)
+from ._solution import Result
+from ._solvers import ButcherTableau
+
+
+def _combine(base, h, coeffs, ks):
+    """``base + h Σ_j coeffs[j] ks[j]`` skipping zero coefficients (unrolled, fused by XLA)."""
+    acc = None
+    for cj, kj in zip(coeffs, ks, strict=False):
+        if cj == 0.0:
+            continue
+        term = kj if cj == 1.0 else float(cj) * kj
+        acc = term if acc is None else acc + term
+    if acc is None:
+        return base
+    return acc * h if base is None else base + h * acc
+
+
+def rk_stages(fn, tab: ButcherTableau, t, y, f0, h):
+    """One explicit Runge-Kutta step from ``(t, y)`` with first stage ``f0``.
+
+    Returns ``(y1, ks)`` where ``ks`` is the list of the ``s`` tableau stages.
+    """
+    ks = [f0]
+    for i in range(1, tab.num_stages):
+        yi = _combine(y, h, tab.a[i, :i], ks)
+        ks.append(fn(t + float(tab.c[i]) * h, yi))
+    y1 = _combine(y, h, tab.b, ks)
+    return y1, ks
+
+
+def error_ratio(tab: ButcherTableau, ks, h, y0, y1, rtol, atol, norm_dims=None):
+    """Scaled RMS error estimate of a step (``<= 1`` means accept).
+
+    ``norm_dims`` restricts the norm to the first ``norm_dims`` state entries (a seminorm).
+    """
+    if norm_dims is not None:
+        ks = [k[:norm_dims] for k in ks]
+        y0, y1 = y0[:norm_dims], y1[:norm_dims]
+    scale = error_scale(y0, y1, rtol, atol)
+    e5 = rms_norm(_combine(None, h, tab.b_err, ks) / scale)
+    if tab.b_err2 is None:
+        return e5
+    # Hairer's DOP853 combination of the 5th and 3rd order estimates.
+    e3 = rms_norm(_combine(None, h, tab.b_err2, ks) / scale)
+    denom = jnp.sqrt(e5 * e5 + 0.01 * e3 * e3)
+    return jnp.where(denom > 0, e5 * e5 / jnp.where(denom > 0, denom, 1.0), 0.0)
+
+
+def extra_stages(fn, tab: ButcherTableau, t, y, h, ks_full):
+    """Append the dense-output-only stages of ``tab`` to ``ks_full`` (list, in place)."""
+    for i in range(tab.num_extra):
+        row = tab.extra_a[i]
+        yi = _combine(y, h, row[: len(ks_full)], ks_full)
+        ks_full.append(fn(t + float(tab.extra_c[i]) * h, yi))
+    return ks_full
+
+
+def dense_coeffs(tab: ButcherTableau, h, ks_full):
+    """Polynomial coefficients ``[c_1..c_P]`` (shape ``(P, n)``): ``y(θ) = y0 + Σ c_p θ^p``."""
+    kmat = jnp.stack(ks_full)
+    interp = jnp.asarray(tab.interp[: len(ks_full)], kmat.dtype)
+    return h * (interp.T @ kmat)
+
+
+def eval_dense(y0, coeffs, theta):
+    """Evaluate ``y0 + Σ_p coeffs[p-1] θ^p`` by Horner's rule."""
+    acc = coeffs[-1]
+    for p in range(coeffs.shape[0] - 2, -1, -1):
+        acc = coeffs[p] + theta * acc
+    return y0 + theta * acc
+
+
+class Stats(NamedTuple):
+    num_steps: Any
+    num_accepted: Any
+    num_rejected: Any
+    nfe: Any
+
+    def as_dict(self):
+        return dict(self._asdict())
+
+
+class StepRecord(NamedTuple):
+    """Accepted steps kept for the checkpointed and interpolated adjoints.
+
+    ``t[i]``, ``h[i]`` and ``y[i]`` are the start time, size and start state of accepted
+    step ``i`` (in the solver's internal, increasing time ``τ = sign · t``), ``coeffs[i]`` its
+    dense polynomial (only when asked for); entries past ``count`` are padding.
+    """
+
+    t: Any
+    h: Any
+    y: Any
+    coeffs: Any
+    count: Any
+
+
+def direction_of(ts):
+    if ts.shape[0] < 2:
+        return jnp.ones((), ts.dtype)
+    return jnp.where(ts[-1] >= ts[0], 1.0, -1.0).astype(ts.dtype)
+
+
+def integrate_adaptive(
+    fn,
+    y0,
+    ts,
+    params,
+    *,
+    tab: ButcherTableau,
+    controller: PIController,
+    rtol,
+    atol,
+    dt0,
+    max_steps: int,
+    record: str | None = None,
+    norm_dims: int | None = None,
+):
+    """Solve ``dy/dt = fn(t, y, params)`` with an adaptive embedded RK pair.
+
+    Args:
+        fn: Flat vector field ``fn(t, y, params)``.
+        y0: Flat initial state, shape ``(n,)``.
+        ts: Output times, shape ``(N,)``, strictly monotonic (either direction).
+        params: Pytree passed to ``fn``.
+        tab: Tableau with an error estimate and dense output.
+        controller: Step-size controller settings.
+        rtol, atol: Tolerances (traced scalars).
+        dt0: Initial step magnitude, or ``None`` for the automatic choice.
+        max_steps: Maximum number of attempted steps.
+        record: ``None``, ``"steps"`` (keep each accepted step's start) or ``"dense"`` (also
+            its dense polynomial), for the memory-hungry adjoints.
+        norm_dims: If set, error control sees only the first ``norm_dims`` state entries
+            (the seminorm of the adjoint solve); the rest is integrated without control.
+
+    Returns:
+        ``(ys, stats, result, steps)``: outputs of shape ``(N, n)`` (NaN where not reached),
+        :class:`Stats`, an integer :class:`Result` code and a :class:`StepRecord` or ``None``.
+    """
+    dtype = y0.dtype
+    n_out = ts.shape[0]
+    sign = direction_of(ts)
+    taus = sign * ts  # increasing
+    t0, t_end = taus[0], taus[-1]
+    rtol = jnp.asarray(rtol, dtype)
+    atol = jnp.asarray(atol, dtype)
+    dtmin = dtmin_value(controller)
+    dtmax = dtmax_value(controller)
+    q = tab.error_order
+    has_extra = tab.num_extra > 0
+
+    def g(tau, y):
+        return sign * fn(sign * tau, y, params)
+
+    f0 = g(t0, y0)
+    nfe0 = 1
+    if dt0 is None:
+        if norm_dims is None:
+            h0 = initial_step(g, t0, y0, f0, t_end, q, rtol, atol)
+        else:
+            h0 = initial_step(
+                lambda tt, yy: g(tt, yy)[:norm_dims], t0, y0[:norm_dims], f0[:norm_dims],
+                t_end, q, rtol, atol, full_y0=y0, full_f0=f0,
+            )
+        nfe0 += 1
+    else:
+        h0 = jnp.minimum(jnp.abs(jnp.asarray(dt0, dtype)), t_end - t0)
+    h0 = jnp.minimum(h0, dtmax)
+
+    ys = jnp.full((n_out, y0.shape[0]), jnp.nan, dtype).at[0].set(y0)
+    start_ok = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(f0))
+    result0 = jnp.where(start_ok, Result.successful, Result.nonfinite).astype(jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+
+    if record is not None:
+        rec_t = jnp.zeros((max_steps,), dtype)
+        rec_h = jnp.zeros((max_steps,), dtype)
+        rec_y = jnp.zeros((max_steps, y0.shape[0]), dtype)
+        if record == "dense":
+            degree = tab.interp.shape[1]
+            rec_c = jnp.zeros((max_steps, degree, y0.shape[0]), dtype)
+        else:
+            rec_c = None
+        rec = (rec_t, rec_h, rec_y, rec_c)
+    else:
+        rec = None
+
+    # Loop state: t, y, f0, h, prev_ratio, rejected_last, i_out, ys, counters, result, rec.
+    init = (
+        t0,
+        y0,
+        f0,
+        h0,
+        jnp.asarray(1e-4, dtype),
+        jnp.zeros((), bool),
+        jnp.asarray(1, jnp.int32),
+        ys,
+        zero,
+        zero,
+        zero,
+        zero + nfe0,
+        result0,
+        rec,
+    )
+
+    def cond(state):
+        t, *_, n_steps, _, _, _, result, _ = state
+        return (t < t_end) & (n_steps < max_steps) & (result == Result.successful)
+
+    def body(state):
+        (t, y, f0, h, prev_ratio, rejected_last, i_out, ys, n_steps, n_acc, n_rej, nfe,
+         result, rec) = state
+        remaining = t_end - t
+        last = h >= remaining
+        h_eff = jnp.where(last, remaining, h)
+        y1, ks = rk_stages(g, tab, t, y, f0, h_eff)
+        t1 = jnp.where(last, t_end, t + h_eff)
+        ratio = error_ratio(tab, ks, h_eff, y, y1, rtol, atol, norm_dims)
+        finite = jnp.isfinite(ratio) & jnp.all(jnp.isfinite(y1))
+        accepted = finite & (ratio <= 1.0)
+        step_nfe = tab.num_stages - 1
+        if tab.fsal:
+            f1 = ks[-1]
+            ks_full = list(ks)
+        else:
+            f1 = g(t1, y1)
+            ks_full = list(ks) + [f1]
+            step_nfe += 1
+
+        # Dense output for every output time in (t, t1] of an accepted step.
+        def write_outputs(carry):
+            i_out, ys, extra_nfe = carry
+            full = list(ks_full)
+            if has_extra:
+                full = extra_stages(g, tab, t, y, h_eff, full)
+            coeffs = dense_coeffs(tab, h_eff, full)
+
+            def out_cond(c):
+                i, _ = c
+                return (i < n_out) & (taus[jnp.minimum(i, n_out - 1)] <= t1)
+
+            def out_body(c):
+                i, ys = c
+                theta = (taus[i] - t) / h_eff
+                yi = jnp.where(taus[i] == t1, y1, eval_dense(y, coeffs, theta))
+                return i + 1, ys.at[i].set(yi)
+
+            i_out, ys = lax.while_loop(out_cond, out_body, (i_out, ys))
+            return i_out, ys, extra_nfe + tab.num_extra
+
+        has_out = accepted & (i_out < n_out) & (taus[jnp.minimum(i_out, n_out - 1)] <= t1)
+        i_out, ys, extra_nfe = lax.cond(
+            has_out, write_outputs, lambda c: c, (i_out, ys, zero)
+        )
+
+        if rec is not None:
+            rec_t, rec_h, rec_y, rec_c = rec
+            idx = jnp.where(accepted, n_acc, max_steps)  # out of range -> dropped
+            rec_t = rec_t.at[idx].set(t, mode="drop")
+            rec_h = rec_h.at[idx].set(h_eff, mode="drop")
+            rec_y = rec_y.at[idx].set(y, mode="drop")
+            if rec_c is not None:
+                full = list(ks_full)
+                if has_extra:
+                    full = extra_stages(g, tab, t, y, h_eff, full)
+                    step_nfe += tab.num_extra
+                rec_c = rec_c.at[idx].set(dense_coeffs(tab, h_eff, full), mode="drop")
+            rec = (rec_t, rec_h, rec_y, rec_c)
+
+        factor = step_factor(ratio, prev_ratio, accepted, rejected_last, q, controller)
+        h_new = jnp.minimum(h_eff * factor, dtmax)
+        t_new = jnp.where(accepted, t1, t)
+        underflow = (~last | ~accepted) & ((h_new < dtmin) | (t_new + h_new <= t_new))
+        result = jnp.where(
+            underflow,
+            jnp.where(finite, Result.dt_min_reached, Result.nonfinite),
+            result,
+        ).astype(jnp.int32)
+        return (
+            t_new,
+            jnp.where(accepted, y1, y),
+            jnp.where(accepted, f1, f0),
+            h_new,
+            jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev_ratio),
+            ~accepted,
+            i_out,
+            ys,
+            n_steps + 1,
+            n_acc + accepted,
+            n_rej + (~accepted),
+            nfe + step_nfe + extra_nfe,
+            result,
+            rec,
+        )
+
+    if n_out == 1:
+        final = init
+    else:
+        final = lax.while_loop(cond, body, init)
+    t, *_, ys, n_steps, n_acc, n_rej, nfe, result, rec = final
+    result = jnp.where(
+        (result == Result.successful) & (t < t_end), Result.max_steps_reached, result
+    ).astype(jnp.int32)
+    stats = Stats(n_steps, n_acc, n_rej, nfe)
+    steps = None
+    if rec is not None:
+        steps = StepRecord(rec[0], rec[1], rec[2], rec[3], n_acc)
+    return ys, stats, result, steps
+
+
+def integrate_fixed(fn, y0, ts, params, *, tab: ButcherTableau, num_sub: int):
+    """Fixed-step integration: ``num_sub`` equal steps inside each output interval.
+
+    Plain ``lax.scan`` loops, so reverse-mode autodiff differentiates the discrete solver
+    exactly (memory grows with the number of steps).
+    """
+    dtype = y0.dtype
+
+    def step(y, t, h):
+        f0 = fn(t, y, params)
+        y1, _ = rk_stages(lambda tt, yy: fn(tt, yy, params), tab, t, y, f0, h)
+        return y1
+
+    def interval(y, t_pair):
+        ta, tb = t_pair
+        h = (tb - ta) / num_sub
+
+        def sub(y, j):
+            return step(y, ta + j.astype(dtype) * h, h), None
+
+        y, _ = lax.scan(sub, y, jnp.arange(num_sub))
+        return y, y
+
+    if ts.shape[0] == 1:
+        return y0[None], num_sub * 0
+    _, ys = lax.scan(interval, y0, (ts[:-1], ts[1:]))
+    ys = jnp.concatenate([y0[None], ys], axis=0)
+    nfe = tab.num_stages * num_sub * (ts.shape[0] - 1)
+    return ys, nfe
+
+
+def fixed_substeps(ts, dt0) -> int:
+    """Number of equal sub-steps per output interval so that no step exceeds ``|dt0|``."""
+    span = np.max(np.abs(np.diff(np.asarray(ts, dtype=np.float64))))
+    return max(1, int(np.ceil(span / abs(float(dt0)) - 1e-9)))
+
+
+__all__ = [
+    "Stats",
+    "StepRecord",
+    "integrate_adaptive",
+    "integrate_fixed",
+    "fixed_substeps",
+    "rk_stages",
+    "error_ratio",
+    "dense_coeffs",
+    "eval_dense",
+    "extra_stages",
+    "direction_of",
+]

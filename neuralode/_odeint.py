@@ -1,0 +1,295 @@
+"""The public ``odeint``: validation, pytree flattening, dispatch to a gradient mode."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, ArrayLike, Float, PyTree
+
+from ._adjoint import NUM_STATS, AbstractAdjoint, BacksolveAdjoint, SolveConfig
+from ._controller import PIController
+from ._integrate import Stats, fixed_substeps, integrate_fixed
+from ._solution import RESULT_MESSAGES, Result, Solution
+from ._solvers import AbstractSolver, Tsit5
+
+_DEFAULT_SOLVER = Tsit5()
+_DEFAULT_CONTROLLER = PIController()
+_DEFAULT_ADJOINT = BacksolveAdjoint()
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_tolerance(name: str, value):
+    arr = jnp.asarray(value)
+    if arr.ndim != 0:
+        raise ValueError(f"odeint: `{name}` must be a scalar, got shape {arr.shape}.")
+    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
+        raise TypeError(f"odeint: `{name}` must be a real number, got dtype {arr.dtype}.")
+    if _is_concrete(value) and not float(np.asarray(value)) > 0:
+        raise ValueError(
+            f"odeint: `{name}` must be positive, got {float(np.asarray(value))!r}. "
+            "Typical values are rtol=1e-6, atol=1e-6 (or 1e-3 for training)."
+        )
+    return arr
+
+
+def _prepare_y0(y0):
+    leaves, treedef = jax.tree.flatten(y0)
+    if not leaves:
+        raise ValueError("odeint: `y0` has no array leaves; pass an array or a pytree of arrays.")
+    out = []
+    for leaf in leaves:
+        arr = jnp.asarray(leaf)
+        if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+            raise TypeError(
+                "odeint: `y0` has a complex leaf; complex states are not supported. Split it "
+                "into real and imaginary parts (e.g. a pytree {'re': y.real, 'im': y.imag})."
+            )
+        if not jnp.issubdtype(arr.dtype, jnp.floating):
+            if jnp.issubdtype(arr.dtype, jnp.integer) or arr.dtype == jnp.bool_:
+                # Promote (never truncate): integers become the default float dtype.
+                arr = arr.astype(jnp.result_type(float))
+            else:
+                raise TypeError(f"odeint: `y0` leaf has unsupported dtype {arr.dtype}.")
+        out.append(arr)
+    return jax.tree.unflatten(treedef, out)
+
+
+def _check_f_output(f, t0, y0, args):
+    try:
+        out = jax.eval_shape(f, t0, y0, args)
+    except Exception as err:
+        err.add_note("(raised by neuralode.odeint while calling f(t, y0, args) to check it)")
+        raise
+    y_struct = jax.tree.structure(y0)
+    out_struct = jax.tree.structure(out)
+    if y_struct != out_struct:
+        raise ValueError(
+            "odeint: `f(t, y, args)` must return a pytree with the same structure as `y0`; "
+            f"got {out_struct} for y0 structure {y_struct}."
+        )
+    y_leaves = jax.tree_util.tree_leaves_with_path(y0)
+    for (path, y_leaf), out_leaf in zip(y_leaves, jax.tree.leaves(out), strict=True):
+        where = jax.tree_util.keystr(path) or "y"
+        if tuple(out_leaf.shape) != tuple(y_leaf.shape):
+            raise ValueError(
+                f"odeint: `f` returned shape {tuple(out_leaf.shape)} for {where} but `y0` has "
+                f"shape {tuple(y_leaf.shape)}; dy/dt must have the shape of y."
+            )
+        if out_leaf.dtype != y_leaf.dtype:
+            raise ValueError(
+                f"odeint: `f` returned dtype {out_leaf.dtype} for {where} but `y0` has dtype "
+                f"{y_leaf.dtype}; cast the output of `f` (or `y0`) so that they agree."
+            )
+
+
+def _check_ts(ts):
+    ts = jnp.asarray(ts)
+    if ts.ndim != 1:
+        raise ValueError(f"odeint: `ts` must be a 1-D array of output times, got shape {ts.shape}.")
+    if ts.shape[0] < 1:
+        raise ValueError("odeint: `ts` must contain at least one time.")
+    if not (jnp.issubdtype(ts.dtype, jnp.floating) or jnp.issubdtype(ts.dtype, jnp.integer)):
+        raise TypeError(f"odeint: `ts` must hold real numbers, got dtype {ts.dtype}.")
+    return ts
+
+
+_TS_MESSAGE = (
+    "odeint: `ts` must be strictly increasing or strictly decreasing (no repeated times, "
+    "no change of direction, all finite)."
+)
+
+
+def _monotonic(ts_np: np.ndarray) -> bool:
+    if ts_np.shape[0] < 2:
+        return bool(np.all(np.isfinite(ts_np)))
+    d = np.diff(ts_np)
+    return bool(np.all(np.isfinite(ts_np)) and (np.all(d > 0) or np.all(d < 0)))
+
+
+def odeint(
+    f: Callable[..., PyTree],
+    y0: PyTree[ArrayLike],
+    ts: Float[ArrayLike, " times"],
+    args: PyTree = None,
+    *,
+    solver: AbstractSolver = _DEFAULT_SOLVER,
+    rtol: float | Float[Array, ""] = 1e-6,
+    atol: float | Float[Array, ""] = 1e-6,
+    dt0: float | Float[Array, ""] | None = None,
+    max_steps: int = 4096,
+    controller: PIController = _DEFAULT_CONTROLLER,
+    adjoint: AbstractAdjoint = _DEFAULT_ADJOINT,
+    throw: bool = True,
+    stats_probe: Float[Array, "4"] | None = None,
+) -> Solution:
+    """Solve the initial value problem ``dy/dt = f(t, y, args)``, ``y(ts[0]) = y0``.
+
+    Args:
+        f: The vector field ``f(t, y, args) -> dy/dt`` with ``dy/dt`` of the same pytree
+            structure, shapes and dtypes as ``y``. It may be a pytree itself (an
+            ``eqx.Module``): its array leaves are differentiated, as are arrays it closes over.
+        y0: Initial state: an array or any pytree of floating arrays. Integer leaves are
+            promoted to the default float dtype.
+        ts: 1-D array of output times, strictly increasing or strictly decreasing. Integration
+            runs from ``ts[0]`` to ``ts[-1]``; outputs come from the solver's dense
+            interpolant (steps are not clipped to output times). Traced: new values never
+            recompile.
+        args: Any pytree passed to ``f`` (differentiated where it holds float arrays).
+        solver: A solver instance: adaptive ``Tsit5()`` (default), ``Dopri5()``,
+            ``Dopri8()``, ``Bosh3()``; fixed-step ``Euler()``, ``Midpoint()``, ``Heun()``,
+            ``RK4()`` (these need ``dt0``).
+        rtol, atol: Relative and absolute tolerances of the RMS error norm
+            ``atol + rtol·max(|y0|, |y1|)`` (adaptive solvers). Traced.
+        dt0: Adaptive solvers: the first step size (default: chosen automatically, Hairer's
+            algorithm). Fixed-step solvers: the largest step; each output interval is split
+            into ``ceil(max|Δts| / dt0)`` equal steps, so ``ts`` must then be concrete.
+        max_steps: Maximum number of steps (accepted and rejected) of an adaptive solve; also
+            the buffer length of the memory-hungry adjoints.
+        controller: :class:`PIController` settings (PI coefficients, factor limits,
+            ``dtmin``/``dtmax``).
+        adjoint: Gradient mode of adaptive solvers: :class:`BacksolveAdjoint` (default, the
+            paper's O(1)-memory adjoint), :class:`InterpolatedAdjoint` or
+            :class:`CheckpointAdjoint`. Fixed-step solvers are always differentiated by plain
+            autodiff through ``lax.scan``.
+        throw: If ``True`` (default) a failed solve raises a runtime error that says what
+            happened and what to try. If ``False``, check ``sol.result``: outputs not reached
+            are NaN.
+        stats_probe: Optional float array of shape ``(4,)`` (zeros). The gradient with
+            respect to it is the backward solve's ``[num_steps, num_accepted, num_rejected,
+            nfe]``, which makes NFE-B available under ``jit`` without side effects.
+
+    Returns:
+        A :class:`Solution` with ``ts``, ``ys``, ``stats`` and ``result``.
+
+    Example:
+        ```python
+        import jax.numpy as jnp
+        import neuralode as nde
+
+        def f(t, y, args):
+            return -args * y
+
+        sol = nde.odeint(f, jnp.array([1.0, 2.0]), jnp.linspace(0.0, 1.0, 5), 0.5)
+        sol.ys.shape  # (5, 2)
+        sol.stats["nfe"]
+        ```
+    """
+    if not isinstance(solver, AbstractSolver):
+        raise TypeError(
+            f"odeint: `solver` must be a solver instance such as nde.Tsit5(), got {solver!r}. "
+            "Available: Euler, Midpoint, Heun, RK4, Bosh3, Dopri5, Tsit5, Dopri8."
+        )
+    if not isinstance(controller, PIController):
+        raise TypeError(f"odeint: `controller` must be a nde.PIController, got {controller!r}.")
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise TypeError(
+            "odeint: `adjoint` must be nde.BacksolveAdjoint(), nde.InterpolatedAdjoint() or "
+            f"nde.CheckpointAdjoint(), got {adjoint!r}."
+        )
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int | np.integer) or max_steps < 1:
+        raise ValueError(f"odeint: `max_steps` must be a positive int, got {max_steps!r}.")
+    if not isinstance(throw, bool):
+        raise TypeError(f"odeint: `throw` must be True or False, got {throw!r}.")
+    if not callable(f):
+        raise TypeError(f"odeint: `f` must be callable as f(t, y, args), got {type(f).__name__}.")
+
+    y0 = _prepare_y0(y0)
+    ts = _check_ts(ts)
+    rtol_arr = _check_tolerance("rtol", rtol)
+    atol_arr = _check_tolerance("atol", atol)
+
+    y_flat, unravel = ravel_pytree(y0)
+    dtype = y_flat.dtype
+    ts = ts.astype(dtype)
+    rtol_arr = rtol_arr.astype(dtype)
+    atol_arr = atol_arr.astype(dtype)
+    _check_f_output(f, ts[0], y0, args)
+
+    if _is_concrete(ts):
+        if not _monotonic(np.asarray(ts)):
+            raise ValueError(_TS_MESSAGE + f" Got ts={np.asarray(ts)!r}.")
+    else:
+        d = jnp.diff(ts)
+        bad = ~(jnp.all(d > 0) | jnp.all(d < 0)) | ~jnp.all(jnp.isfinite(ts))
+        ts = eqx.error_if(ts, bad, _TS_MESSAGE)
+    if not _is_concrete(rtol_arr) or not _is_concrete(atol_arr):
+        bad_tol = ~(rtol_arr > 0) | ~(atol_arr > 0)
+        rtol_arr = eqx.error_if(rtol_arr, bad_tol, "odeint: `rtol` and `atol` must be positive.")
+
+    # Differentiable arrays of `f` itself (an eqx.Module) and of `args` become explicit
+    # inputs; everything else of `f` is static.
+    f_arrays, f_static = eqx.partition(f, eqx.is_array)
+
+    def fn_tree(t, y, f_arrays, args):
+        return eqx.combine(f_arrays, f_static)(t, y, args)
+
+    # Closure conversion: arrays that `f` closes over and that are traced by an outer
+    # transformation (grad, vmap, jit) are hoisted into explicit inputs.
+    converted, consts = jax.closure_convert(fn_tree, ts[0], y0, f_arrays, args)
+    params = (f_arrays, args, consts)
+    diff, nondiff = eqx.partition(params, eqx.is_inexact_array)
+
+    def fn(t, y, p):
+        d, nd = p
+        fa, a, c = eqx.combine(d, nd)
+        out = converted(t, unravel(y), fa, a, *c)
+        return ravel_pytree(out)[0].astype(y.dtype)
+
+    if solver.adaptive:
+        probe = jnp.zeros((NUM_STATS,), dtype) if stats_probe is None else stats_probe
+        probe = jnp.asarray(probe)
+        if probe.shape != (NUM_STATS,):
+            raise ValueError(f"odeint: `stats_probe` must have shape (4,), got {probe.shape}.")
+        if dt0 is not None:
+            dt0_arr = jnp.asarray(dt0, dtype)
+            if dt0_arr.ndim != 0:
+                raise ValueError(f"odeint: `dt0` must be a scalar, got shape {dt0_arr.shape}.")
+            if _is_concrete(dt0) and not float(np.asarray(dt0)) != 0:
+                raise ValueError("odeint: `dt0` must be non-zero.")
+        else:
+            dt0_arr = jnp.zeros((), dtype)
+        cfg = SolveConfig(
+            tab=solver.tableau,
+            controller=controller,
+            max_steps=int(max_steps),
+            throw=throw,
+            has_dt0=dt0 is not None,
+        )
+        ys_flat, stats, result = adjoint.solve(
+            fn, cfg, y_flat, ts, diff, nondiff, rtol_arr, atol_arr, dt0_arr, probe
+        )
+        stats = Stats(*stats)
+    else:
+        if dt0 is None:
+            raise ValueError(
+                f"odeint: the fixed-step solver {solver!r} needs `dt0` (the largest step size)."
+            )
+        if not _is_concrete(ts) or not _is_concrete(dt0):
+            raise ValueError(
+                f"odeint: the fixed-step solver {solver!r} needs concrete (non-traced) `ts` and "
+                "`dt0`, because the number of steps is part of the compiled program. Pass them "
+                "as static values, e.g. close over them instead of passing them into jit."
+            )
+        if not float(np.asarray(dt0)) != 0:
+            raise ValueError("odeint: `dt0` must be non-zero.")
+        num_sub = fixed_substeps(np.asarray(ts), dt0)
+        ys_flat, nfe = integrate_fixed(fn, y_flat, ts, (diff, nondiff), tab=solver.tableau,
+                                       num_sub=num_sub)
+        n_steps = jnp.asarray(num_sub * (ts.shape[0] - 1), jnp.int32)
+        stats = Stats(n_steps, n_steps, jnp.zeros((), jnp.int32), jnp.asarray(nfe, jnp.int32))
+        finite = jnp.all(jnp.isfinite(ys_flat))
+        result = jnp.where(finite, Result.successful, Result.nonfinite).astype(jnp.int32)
+        if throw:
+            ys_flat = eqx.error_if(
+                ys_flat, jax.lax.stop_gradient(~finite), RESULT_MESSAGES[Result.nonfinite]
+            )
+    ys = jax.vmap(unravel)(ys_flat)
+    return Solution(ts=ts, ys=ys, stats=stats.as_dict(), result=result)

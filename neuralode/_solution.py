@@ -1,0 +1,78 @@
+"""Results of an ODE solve: :class:`Solution`, :class:`Result` codes and statistics."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Int, PyTree, Shaped
+
+
+class Result(enum.IntEnum):
+    """Outcome of a solve, stored in :attr:`Solution.result` as an integer array.
+
+    Compare with ``sol.result == nde.Result.successful``; :meth:`message` turns a code into a
+    sentence that says what happened and what to try.
+    """
+
+    successful = 0
+    max_steps_reached = 1
+    dt_min_reached = 2
+    nonfinite = 3
+
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+    @classmethod
+    def describe(cls, code: Any) -> str:
+        """Human-readable message for an integer code (a Python int or a 0-d array)."""
+        return cls(int(code)).message()
+
+
+_MESSAGES = {
+    Result.successful: "The solve reached the final time successfully.",
+    Result.max_steps_reached: (
+        "neuralode.odeint: the solver took `max_steps` steps without reaching the final time. "
+        "Increase `max_steps`, loosen `rtol`/`atol`, or check whether the problem is stiff "
+        "(an explicit solver then needs tiny steps)."
+    ),
+    Result.dt_min_reached: (
+        "neuralode.odeint: the step size fell below its minimum (step size underflow) before the "
+        "final time. The solution may blow up in finite time, be discontinuous or stiff; "
+        "loosen the tolerances, lower `dtmin` of the controller, or shorten the interval."
+    ),
+    Result.nonfinite: (
+        "neuralode.odeint: the vector field produced non-finite values (NaN or inf) that step "
+        "size reduction could not avoid. Check `f` and `y0` for NaN/inf, for division by zero "
+        "or overflow; in float32 consider float64 or a smaller time interval."
+    ),
+}
+
+RESULT_MESSAGES: tuple[str, ...] = tuple(_MESSAGES[r] for r in Result)
+
+
+class Solution(eqx.Module):
+    """What :func:`neuralode.odeint` returns.
+
+    Attributes:
+        ts: The output times, shape ``(len(ts),)``.
+        ys: The solution at ``ts``: the same pytree structure as ``y0``, every leaf with a
+            leading axis of length ``len(ts)``. ``ys[0]`` equals ``y0``. Entries the solver did
+            not reach (only possible with ``throw=False``) are NaN.
+        stats: Integer arrays ``num_steps`` (attempted steps), ``num_accepted``,
+            ``num_rejected`` and ``nfe`` (vector-field evaluations of the forward solve).
+        result: Integer :class:`Result` code. With ``throw=False`` check it; under ``vmap`` it
+            has one entry per sample.
+    """
+
+    ts: Shaped[Array, " times"]
+    ys: PyTree[Shaped[Array, "times ..."]]
+    stats: dict[str, Int[Array, ""]]
+    result: Int[Array, ""]
+
+    @property
+    def successful(self) -> Any:
+        """Boolean array: ``result == Result.successful``."""
+        return jnp.asarray(self.result) == Result.successful

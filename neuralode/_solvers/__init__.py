@@ -1,0 +1,25 @@
+"""Runge-Kutta solvers: tableaus plus thin solver classes."""
+
+from __future__ import annotations
+
+from ._base import AbstractAdaptiveSolver, AbstractFixedSolver, AbstractSolver, ButcherTableau
+from ._bosh3 import Bosh3
+from ._dopri5 import Dopri5
+from ._dopri8 import Dopri8
+from ._explicit import RK4, Euler, Heun, Midpoint
+from ._tsit5 import Tsit5
+
+__all__ = [
+    "AbstractAdaptiveSolver",
+    "AbstractFixedSolver",
+    "AbstractSolver",
+    "Bosh3",
+    "ButcherTableau",
+    "Dopri5",
+    "Dopri8",
+    "Euler",
+    "Heun",
+    "Midpoint",
+    "RK4",
+    "Tsit5",
+]

@@ -1,0 +1,142 @@
+"""Butcher tableaus and the solver classes built on them.
+
+Every Runge-Kutta method in neuralode is data: a :class:`ButcherTableau` that holds the stage
+coefficients, the solution weights, the embedded error weights and a dense-output matrix. One
+generic step (in ``neuralode._integrate``) runs all of them.
+
+Dense output convention. Stages are numbered ``k_0 .. k_{S-1}`` where the first ``s`` are the
+tableau stages, then (for tableaus that are not FSAL but need it) ``f(t1, y1)``, then any extra
+stages listed in ``extra_c``/``extra_a``. The interpolant on a step ``[t0, t0 + h]`` is
+
+    y(t0 + θ h) = y0 + h Σ_j Σ_{p=1..P} interp[j, p-1] θ^p k_j,
+
+so a step's dense output is a polynomial in θ whose coefficients are one matrix product.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ButcherTableau:
+    """Coefficients of an explicit Runge-Kutta method (with optional embedded pair).
+
+    Attributes:
+        name: Human-readable name.
+        c: Nodes, shape ``(s,)``.
+        a: Stage matrix, shape ``(s, s)``, strictly lower triangular.
+        b: Solution weights, shape ``(s,)``.
+        order: Order of the propagated solution.
+        b_err: ``b - b_hat`` (difference to the embedded method), shape ``(s,)``; ``None`` for
+            fixed-step methods.
+        error_order: Order ``q`` of the error estimate, so that the local error is ``O(h^(q+1))``
+            and the controller uses exponent ``1/(q+1)``.
+        b_err2: Optional second error weight vector (DOP853's 3rd order estimate); when set, the
+            error is combined as in Hairer's DOP853: ``e5 * e5 / sqrt(e5² + 0.01 e3²)``.
+        fsal: Whether the last stage equals ``f(t0 + h, y1)`` (first same as last).
+        interp: Dense output matrix, shape ``(S, P)`` (see module docstring); ``None`` if the
+            method has none.
+        interp_order: Order of accuracy of the dense output.
+        extra_c, extra_a: Extra stages for the dense output, evaluated only on steps that
+            contain an output time; ``extra_a`` has shape ``(n_extra, S)`` (zero-padded).
+    """
+
+    name: str
+    c: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    order: int
+    b_err: np.ndarray | None = None
+    error_order: int | None = None
+    b_err2: np.ndarray | None = None
+    fsal: bool = False
+    interp: np.ndarray | None = None
+    interp_order: int | None = None
+    extra_c: np.ndarray | None = None
+    extra_a: np.ndarray | None = None
+
+    def __post_init__(self):
+        for field in ("c", "a", "b", "b_err", "b_err2", "interp", "extra_c", "extra_a"):
+            value = getattr(self, field)
+            if value is not None:
+                object.__setattr__(self, field, np.asarray(value, dtype=np.float64))
+        s = self.num_stages
+        if self.a.shape != (s, s) or self.b.shape != (s,):
+            raise ValueError(f"{self.name}: inconsistent tableau shapes")
+        if np.any(np.triu(self.a) != 0):
+            raise ValueError(f"{self.name}: `a` must be strictly lower triangular (explicit)")
+        if self.fsal and not (np.allclose(self.a[-1], self.b) and self.c[-1] == 1):
+            raise ValueError(f"{self.name}: fsal=True needs a[-1] == b and c[-1] == 1")
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.b_err is not None
+
+    @property
+    def needs_f1(self) -> bool:
+        """Whether ``f(t0 + h, y1)`` is one extra evaluation (adaptive, non-FSAL methods)."""
+        return self.adaptive and not self.fsal
+
+    @property
+    def num_extra(self) -> int:
+        return 0 if self.extra_c is None else len(self.extra_c)
+
+    @property
+    def f1_index(self) -> int:
+        """Index of the stage equal to ``f(t0 + h, y1)`` in the full stage list."""
+        return self.num_stages - 1 if self.fsal else self.num_stages
+
+
+def hermite_interp(b: np.ndarray, f1_index: int, num_total: int) -> np.ndarray:
+    """Cubic Hermite dense output (order 3) through y0, y1, f0 = k_0 and f1 = k_{f1_index}."""
+    e0 = np.zeros(num_total)
+    e0[0] = 1.0
+    e1 = np.zeros(num_total)
+    e1[f1_index] = 1.0
+    bb = np.zeros(num_total)
+    bb[: len(b)] = b
+    # y(θ) = y0 + θ h f0 + θ²(3Δ - 2 h f0 - h f1) + θ³(-2Δ + h f0 + h f1), Δ = h Σ b k.
+    return np.stack([e0, 3 * bb - 2 * e0 - e1, -2 * bb + e0 + e1], axis=1)
+
+
+class AbstractSolver:
+    """Base class: an explicit Runge-Kutta solver defined by its tableau.
+
+    Subclasses set the class attribute ``tableau``. Instances are immutable and hashable
+    (compared by type), so they can be passed as static configuration.
+    """
+
+    tableau: ClassVar[ButcherTableau]
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    @property
+    def order(self) -> int:
+        return self.tableau.order
+
+    @property
+    def adaptive(self) -> bool:
+        return self.tableau.adaptive
+
+
+class AbstractAdaptiveSolver(AbstractSolver):
+    """An embedded Runge-Kutta pair with error estimate and dense output."""
+
+
+class AbstractFixedSolver(AbstractSolver):
+    """A fixed-step Runge-Kutta method: steps of size ``dt0`` (at most), no error control."""
