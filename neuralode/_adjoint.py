@@ -323,11 +323,25 @@ _DRIFT_MESSAGE = (
 )
 
 
-def _backward_failure_drift(result, grads, cfg):
+_BACKSOLVE_HINT = (
+    " With BacksolveAdjoint this usually means that re-integrating the state backwards in "
+    "time is unstable (the problem contracts forward in time, e.g. Van der Pol or a chaotic "
+    "system). Remedies: adjoint=nde.InterpolatedAdjoint() or nde.CheckpointAdjoint() (no "
+    "backward re-integration), or more output times in `ts` (each restarts the state from "
+    "the forward solution)."
+)
+_INTERPOLATED_HINT = (
+    " The adjoint ODE itself needed more steps than allowed: raise `max_steps` or loosen the "
+    "adjoint tolerances (InterpolatedAdjoint(rtol=..., atol=...))."
+)
+
+
+def _backward_failure_drift(result, grads, cfg, hint=_BACKSOLVE_HINT):
+    """NaN gradients after a failed backward solve; with ``throw`` a runtime error too."""
     failed = result != Result.successful
     if cfg.throw:
         messages = tuple(
-            "neuralode: the backward (adjoint) solve of the gradient failed. " + m
+            "neuralode: the backward (adjoint) solve of the gradient failed. " + m + hint
             for m in RESULT_MESSAGES
         ) + (_DRIFT_MESSAGE,)
         leaves, tree = jax.tree.flatten(grads)
@@ -418,7 +432,7 @@ def _interpolated(fn, cfg, adj, y0, ts, diff, nondiff, rtol, atol, dt0, probe):
             a, a_d, bstats, bresult = init
         g_ts = _time_grads(fn, ts, ys, ct_ys, a, (diff, nondiff))
         grads = (a + ct_ys[0], g_ts, unravel_diff(a_d))
-        g_y0, g_ts, g_diff = _backward_failure_drift(bresult, grads, cfg)
+        g_y0, g_ts, g_diff = _backward_failure_drift(bresult, grads, cfg, _INTERPOLATED_HINT)
         return (
             g_y0,
             g_ts,

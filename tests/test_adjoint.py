@@ -1,0 +1,427 @@
+"""Gradients of odeint: every gradient mode against closed forms, finite differences and
+each other; memory behaviour; backward statistics; failure handling."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import neuralode as nde
+
+MODES = {
+    "backsolve": nde.BacksolveAdjoint(),
+    "backsolve_fullnorm": nde.BacksolveAdjoint(seminorm=False),
+    "interpolated": nde.InterpolatedAdjoint(),
+    "checkpoint": nde.CheckpointAdjoint(),
+}
+
+# --------------------------------------------------------------------------------------
+# y' = a sin(t) y: y(t) = y0 exp(a (cos t0 - cos t)); weighted squared loss at 5 times.
+
+W = jnp.array([0.3, 1.0, -0.5, 2.0, 0.7])
+
+
+def _sin_field(t, y, a):
+    return a * jnp.sin(t) * y
+
+
+def _closed_loss(y0, a, ts):
+    ys = y0 * jnp.exp(a * (jnp.cos(ts[0]) - jnp.cos(ts)))
+    return jnp.sum(W * ys**2)
+
+
+@pytest.fixture(scope="module", params=list(MODES))
+def sin_grad(request):
+    adjoint = MODES[request.param]
+
+    def loss(y0, a, ts):
+        sol = nde.odeint(_sin_field, y0, ts, a, rtol=1e-10, atol=1e-10, adjoint=adjoint)
+        return jnp.sum(W * sol.ys**2)
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [[0.1, 0.7, 1.5, 2.2, 3.0], [3.0, 2.2, 1.5, 0.7, 0.1], [-1.0, -0.2, 0.4, 1.9, 2.5]],
+    ids=["increasing", "decreasing", "through-zero"],
+)
+def test_closed_form_gradients(sin_grad, ts):
+    ts = jnp.asarray(ts)
+    got = sin_grad(1.3, 0.8, ts)
+    want = jax.grad(_closed_loss, argnums=(0, 1, 2))(1.3, 0.8, ts)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=0)
+    # every one of the 5 time gradients is non-trivial, so the check has teeth
+    assert np.all(np.abs(np.asarray(want[2])) > 1e-3)
+
+
+# --------------------------------------------------------------------------------------
+# Equinox MLP vector field: finite differences and agreement between modes.
+
+
+class MLPField(eqx.Module):
+    mlp: eqx.nn.MLP
+
+    def __init__(self, key):
+        self.mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jnp.tanh, key=key)
+
+    def __call__(self, t, y, args):
+        return self.mlp(jnp.concatenate([y, jnp.atleast_1d(t)]))
+
+
+@pytest.fixture(scope="module")
+def mlp_problem():
+    field = MLPField(jax.random.PRNGKey(0))
+    field = jax.tree.map(lambda x: x.astype(jnp.float64) if eqx.is_array(x) else x, field)
+    y0 = jnp.array([0.5, -0.3])
+    ts = jnp.array([0.0, 0.5, 1.0])
+    return field, y0, ts
+
+
+def _mlp_loss(field, y0, ts, adjoint, tol):
+    sol = nde.odeint(field, y0, ts, rtol=tol, atol=tol, adjoint=adjoint)
+    return jnp.sum(sol.ys[1:] ** 2) + jnp.sum(jnp.sin(sol.ys[-1]))
+
+
+_mlp_grad = eqx.filter_jit(eqx.filter_grad(_mlp_loss))
+_mlp_value = eqx.filter_jit(_mlp_loss)
+
+
+@pytest.mark.parametrize("mode", ["backsolve", "interpolated", "checkpoint"])
+def test_mlp_parameter_gradients_match_finite_differences(mlp_problem, mode):
+    field, y0, ts = mlp_problem
+    adjoint = MODES[mode]
+    grads = _mlp_grad(field, y0, ts, adjoint, jnp.asarray(1e-12))
+    params, static = eqx.partition(field, eqx.is_array)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    g_flat, _ = jax.flatten_util.ravel_pytree(eqx.filter(grads, eqx.is_array))
+    rng = np.random.default_rng(0)
+    eps = 1e-4
+    for _ in range(3):
+        v = jnp.asarray(rng.normal(size=flat.shape))
+        plus = eqx.combine(unravel(flat + eps * v), static)
+        minus = eqx.combine(unravel(flat - eps * v), static)
+        tol = jnp.asarray(1e-12)
+        fd = (_mlp_value(plus, y0, ts, nde.CheckpointAdjoint(), tol)
+              - _mlp_value(minus, y0, ts, nde.CheckpointAdjoint(), tol)) / (2 * eps)
+        np.testing.assert_allclose(float(jnp.dot(g_flat, v)), float(fd), rtol=1e-5)
+
+
+def test_modes_agree_with_each_other(mlp_problem):
+    field, y0, ts = mlp_problem
+    flat = {}
+    for name, adjoint in MODES.items():
+        g = _mlp_grad(field, y0, ts, adjoint, jnp.asarray(1e-7))
+        flat[name] = jax.flatten_util.ravel_pytree(eqx.filter(g, eqx.is_array))[0]
+    ref = flat["checkpoint"]
+    for name, g in flat.items():
+        rel = float(jnp.linalg.norm(g - ref) / jnp.linalg.norm(ref))
+        assert rel < 1e-4, (name, rel)
+
+
+# --------------------------------------------------------------------------------------
+# Where gradients must reach: closed-over arrays, args pytrees, module leaves, y0 pytrees.
+
+
+def _expm_loss(A, y0):
+    return jnp.sum(jnp.sin(jax.scipy.linalg.expm(A) @ y0))
+
+
+A0 = jnp.array([[-0.3, 1.0], [-1.2, 0.1]])
+Y0 = jnp.array([1.0, 0.5])
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_gradient_reaches_closed_over_array(mode):
+    def loss(A):
+        sol = nde.odeint(lambda t, y, args: A @ y, Y0, jnp.array([0.0, 1.0]),
+                         rtol=1e-10, atol=1e-10, adjoint=MODES[mode])
+        return jnp.sum(jnp.sin(sol.ys[-1]))
+
+    np.testing.assert_allclose(jax.grad(loss)(A0), jax.grad(_expm_loss)(A0, Y0), rtol=1e-6)
+
+
+def test_gradient_reaches_args_pytree_and_skips_integer_leaves():
+    def field(t, y, args):
+        return (args["A"] @ y) * args["scale"][0] ** args["power"]
+
+    def loss(args):
+        sol = nde.odeint(field, Y0, jnp.array([0.0, 1.0]), args, rtol=1e-10, atol=1e-10)
+        return jnp.sum(jnp.sin(sol.ys[-1]))
+
+    args = {"A": A0, "scale": jnp.array([1.0]), "power": jnp.array(2)}
+    g = jax.grad(loss, allow_int=True)(args)
+    np.testing.assert_allclose(g["A"], jax.grad(_expm_loss)(A0, Y0), rtol=1e-6)
+    # d/ds of expm(s^2 A) at s=1 is 2 <grad_A, A>
+    np.testing.assert_allclose(g["scale"][0], 2 * jnp.sum(g["A"] * A0), rtol=1e-6)
+    assert g["power"].dtype == jax.dtypes.float0
+
+
+class LinearField(eqx.Module):
+    A: jax.Array
+    label: str = eqx.field(static=True, default="linear")
+
+    def __call__(self, t, y, args):
+        return {"u": self.A @ y["u"], "v": -y["v"]}
+
+
+@pytest.mark.parametrize("mode", ["backsolve", "checkpoint"])
+def test_gradient_reaches_module_leaves_and_pytree_state(mode):
+    def loss(field, y0):
+        sol = nde.odeint(field, y0, jnp.array([0.0, 1.0]), rtol=1e-10, atol=1e-10,
+                         adjoint=MODES[mode])
+        return jnp.sum(jnp.sin(sol.ys["u"][-1])) + jnp.sum(sol.ys["v"][-1] ** 2)
+
+    y0 = {"u": Y0, "v": jnp.array([2.0, 3.0, 4.0])}
+    g_field, g_y0 = jax.grad(loss, argnums=(0, 1))(LinearField(A0), y0)
+    np.testing.assert_allclose(g_field.A, jax.grad(_expm_loss)(A0, Y0), rtol=1e-6)
+    np.testing.assert_allclose(g_y0["u"], jax.grad(_expm_loss, argnums=1)(A0, Y0), rtol=1e-6)
+    np.testing.assert_allclose(g_y0["v"], 2 * np.exp(-2.0) * y0["v"], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Transformations: jit, vmap(grad), grad(vmap), float32.
+
+
+def test_vmap_of_grad_and_grad_of_vmap_match_loop():
+    def loss(y0, a):
+        sol = nde.odeint(_sin_field, y0, jnp.array([0.0, 1.0, 2.0]), a, rtol=1e-9, atol=1e-9)
+        return jnp.sum(sol.ys**2)
+
+    y0s = jnp.array([0.5, 1.0, 2.0])
+    per_sample = jnp.stack([jax.grad(loss, argnums=(0, 1))(y, 0.7)[0] for y in y0s])
+    vg = jax.jit(jax.vmap(jax.grad(loss), in_axes=(0, None)))(y0s, 0.7)
+    np.testing.assert_allclose(vg, per_sample, rtol=1e-8)
+    gv_a = jax.grad(lambda a: jnp.sum(jax.vmap(loss, in_axes=(0, None))(y0s, a)))(0.7)
+    closed = jax.grad(
+        lambda a: jnp.sum(
+            jax.vmap(lambda y: _closed_loss_sq(y, a, jnp.array([0.0, 1.0, 2.0])))(y0s)
+        )
+    )(0.7)
+    np.testing.assert_allclose(gv_a, closed, rtol=1e-6)
+
+
+def _closed_loss_sq(y0, a, ts):
+    return jnp.sum((y0 * jnp.exp(a * (jnp.cos(ts[0]) - jnp.cos(ts)))) ** 2)
+
+
+def test_float32_gradients():
+    y0 = jnp.float32(1.3)
+    ts = jnp.array([0.1, 0.7, 1.5, 2.2, 3.0], jnp.float32)
+
+    def loss(y0, a):
+        sol = nde.odeint(_sin_field, y0, ts, a, rtol=1e-5, atol=1e-5)
+        return jnp.sum(W.astype(jnp.float32) * sol.ys**2)
+
+    g = jax.grad(loss, argnums=(0, 1))(y0, jnp.float32(0.8))
+    assert g[0].dtype == jnp.float32 and g[1].dtype == jnp.float32
+    want = jax.grad(_closed_loss, argnums=(0, 1))(1.3, 0.8, ts.astype(jnp.float64))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(want), rtol=1e-3)
+
+
+# --------------------------------------------------------------------------------------
+# Fixed-step solvers: plain autodiff through lax.scan (RK-Net), exact discrete gradient.
+
+
+def test_fixed_step_gradient_is_exact_derivative_of_discrete_map():
+    lam = -0.7
+    h = 0.1
+    n = 10
+    # RK4 on y' = lam y multiplies by R(z) = 1 + z + z^2/2 + z^3/6 + z^4/24 per step.
+
+    def loss(y0, lam):
+        sol = nde.odeint(lambda t, y, a: a * y, y0, jnp.array([0.0, 1.0]), lam,
+                         solver=nde.RK4(), dt0=h)
+        return sol.ys[-1]
+
+    def discrete(y0, lam):
+        z = lam * h
+        return y0 * (1 + z + z**2 / 2 + z**3 / 6 + z**4 / 24) ** n
+
+    got = jax.grad(loss, argnums=(0, 1))(2.0, lam)
+    want = jax.grad(discrete, argnums=(0, 1))(2.0, lam)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Memory: O(1) in the number of steps for BacksolveAdjoint, O(max_steps) for the others.
+
+
+def _temp_bytes(adjoint, max_steps):
+    field = MLPField(jax.random.PRNGKey(1))
+
+    def loss(field, y0):
+        sol = nde.odeint(field, y0, jnp.array([0.0, 1.0]), adjoint=adjoint, max_steps=max_steps)
+        return jnp.sum(sol.ys[-1] ** 2)
+
+    params, static = eqx.partition(field, eqx.is_array)
+    grad = jax.jit(jax.grad(lambda p, y0: loss(eqx.combine(p, static), y0)))
+    compiled = grad.lower(params, jnp.ones(2)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_backsolve_memory_does_not_grow_with_max_steps():
+    small = _temp_bytes(nde.BacksolveAdjoint(), 100)
+    large = _temp_bytes(nde.BacksolveAdjoint(), 100_000)
+    assert large == small
+
+
+def test_checkpoint_memory_grows_with_max_steps():
+    small = _temp_bytes(nde.CheckpointAdjoint(), 100)
+    large = _temp_bytes(nde.CheckpointAdjoint(), 100_000)
+    # at least one float64 state (2 entries) per step is kept
+    assert large - small >= 2 * 8 * (100_000 - 100)
+
+
+# --------------------------------------------------------------------------------------
+# Backward statistics through the stats probe; the seminorm saves backward steps.
+
+
+def _probe_loss(field, y0, probe, adjoint):
+    sol = nde.odeint(field, y0, jnp.linspace(0.0, 1.0, 3), rtol=1e-6, atol=1e-6,
+                     adjoint=adjoint, stats_probe=probe)
+    return jnp.sum(sol.ys[-1] ** 2)
+
+
+_probe_grad = eqx.filter_jit(eqx.filter_grad(_probe_loss))
+
+
+def _backward_stats(adjoint):
+    field = MLPField(jax.random.PRNGKey(2))
+    field = jax.tree.map(lambda x: 3.0 * x if eqx.is_array(x) else x, field)
+    # differentiate w.r.t. the probe only: its gradient is the backward statistics
+    return jax.grad(_probe_loss, argnums=2)(field, jnp.array([0.3, -0.2]), jnp.zeros(4),
+                                            adjoint)
+
+
+def test_backward_stats_probe_under_jit():
+    field = MLPField(jax.random.PRNGKey(2))
+    stats = eqx.filter_jit(jax.grad(_probe_loss, argnums=2))(
+        field, jnp.array([0.3, -0.2]), jnp.zeros(4), nde.BacksolveAdjoint()
+    )
+    steps, accepted, rejected, nfe = (float(s) for s in stats)
+    assert steps > 0 and nfe > steps
+    assert steps == accepted + rejected
+    assert all(float(s).is_integer() for s in stats)
+
+
+def test_seminorm_lowers_backward_nfe():
+    semi = _backward_stats(nde.BacksolveAdjoint(seminorm=True))
+    full = _backward_stats(nde.BacksolveAdjoint(seminorm=False))
+    assert float(semi[3]) < float(full[3]), (semi, full)
+
+
+def test_tighter_adjoint_tolerance_costs_more_backward_steps():
+    loose = _backward_stats(nde.BacksolveAdjoint())
+    tight = _backward_stats(nde.BacksolveAdjoint(rtol=1e-9, atol=1e-9))
+    assert float(tight[3]) > float(loose[3])
+
+
+# --------------------------------------------------------------------------------------
+# Gradient accuracy where backsolve reconstruction is unstable: never a silent wrong answer.
+
+
+def _vdp(t, y, mu):
+    return jnp.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
+
+
+def _vdp_loss(y0, ts, adjoint, tol, throw=True):
+    sol = nde.odeint(_vdp, y0, ts, 1.0, rtol=tol, atol=tol, adjoint=adjoint,
+                     max_steps=100_000, throw=throw)
+    return jnp.sum(sol.ys[-1] ** 2)
+
+
+_vdp_grad = jax.jit(jax.grad(_vdp_loss), static_argnums=(2, 3, 4))
+VDP_Y0 = jnp.array([2.0, 0.0])
+VDP_TS = jnp.array([0.0, 20.0])
+
+
+@pytest.fixture(scope="module")
+def vdp_reference():
+    return _vdp_grad(VDP_Y0, VDP_TS, nde.CheckpointAdjoint(), 1e-12)
+
+
+@pytest.mark.parametrize("mode", ["interpolated", "checkpoint"])
+def test_van_der_pol_gradient_accuracy(vdp_reference, mode):
+    g = _vdp_grad(VDP_Y0, VDP_TS, MODES[mode], 1e-6)
+    rel = float(jnp.linalg.norm(g - vdp_reference) / jnp.linalg.norm(vdp_reference))
+    assert rel < 1e-2
+
+
+def test_van_der_pol_backsolve_raises_instead_of_wrong_gradient():
+    with pytest.raises(Exception, match="backward .*solve of the gradient failed"):
+        jax.block_until_ready(_vdp_grad(VDP_Y0, VDP_TS, nde.BacksolveAdjoint(), 1e-6))
+    g = _vdp_grad(VDP_Y0, VDP_TS, nde.BacksolveAdjoint(), 1e-6, False)
+    assert np.all(np.isnan(np.asarray(g)))
+
+
+def test_van_der_pol_backsolve_remedy_more_checkpoints(vdp_reference):
+    ts = jnp.linspace(0.0, 20.0, 21)
+    g = _vdp_grad(VDP_Y0, ts, nde.BacksolveAdjoint(), 1e-6)
+    rel = float(jnp.linalg.norm(g - vdp_reference) / jnp.linalg.norm(vdp_reference))
+    assert rel < 1e-2
+
+
+def test_drift_check_flags_reconstruction_drift():
+    # A decaying problem reconstructed backwards amplifies its forward error e^{λT}: with a
+    # small drift threshold the check must fire, with the default it must not.
+    ts = jnp.array([0.0, 6.0])
+
+    def loss(y0, adjoint):
+        sol = nde.odeint(lambda t, y, a: -2.0 * y, y0, ts, rtol=1e-4, atol=1e-8,
+                         adjoint=adjoint, throw=False)
+        return jnp.sum(sol.ys[-1])
+
+    g_ok = jax.grad(loss)(jnp.array([1.0, 2.0]), nde.BacksolveAdjoint())
+    assert np.all(np.isfinite(np.asarray(g_ok)))
+    g_bad = jax.grad(loss)(jnp.array([1.0, 2.0]), nde.BacksolveAdjoint(drift_check=1e-3))
+    assert np.all(np.isnan(np.asarray(g_bad)))
+    with pytest.raises(Exception, match="drifted away from the forward trajectory"):
+
+        def loss_throw(y0):
+            sol = nde.odeint(lambda t, y, a: -2.0 * y, y0, ts, rtol=1e-4, atol=1e-8,
+                             adjoint=nde.BacksolveAdjoint(drift_check=1e-3))
+            return jnp.sum(sol.ys[-1])
+
+        jax.block_until_ready(jax.grad(loss_throw)(jnp.array([1.0, 2.0])))
+
+
+def test_adjoint_arguments_are_validated():
+    with pytest.raises(ValueError, match="rtol"):
+        nde.BacksolveAdjoint(rtol=-1.0)
+    with pytest.raises(ValueError, match="atol"):
+        nde.InterpolatedAdjoint(atol=0.0)
+    with pytest.raises(ValueError, match="drift_check"):
+        nde.BacksolveAdjoint(drift_check=0.0)
+
+
+def _lorenz(t, y, args):
+    sigma, rho, beta = 10.0, 28.0, 8.0 / 3.0
+    return jnp.stack([sigma * (y[1] - y[0]), y[0] * (rho - y[2]) - y[1], y[0] * y[1] - beta * y[2]])
+
+
+def _lorenz_loss(y0, adjoint, tol):
+    sol = nde.odeint(_lorenz, y0, jnp.array([0.0, 10.0]), rtol=tol, atol=tol, adjoint=adjoint,
+                     max_steps=50_000)
+    return jnp.sum(sol.ys[-1] ** 2)
+
+
+_lorenz_grad = jax.jit(jax.grad(_lorenz_loss), static_argnums=(1,))
+
+
+def test_lorenz_gradient_is_accurate_or_raises():
+    y0 = jnp.array([1.0, 1.0, 1.0])
+    ref = _lorenz_grad(y0, nde.CheckpointAdjoint(), jnp.asarray(1e-12))
+    for adjoint in (nde.InterpolatedAdjoint(), nde.CheckpointAdjoint()):
+        g = _lorenz_grad(y0, adjoint, jnp.asarray(1e-8))
+        assert float(jnp.linalg.norm(g - ref) / jnp.linalg.norm(ref)) < 1e-3
+    try:
+        g = jax.block_until_ready(_lorenz_grad(y0, nde.BacksolveAdjoint(), jnp.asarray(1e-8)))
+    except Exception as err:  # a clear error is acceptable ...
+        assert "backward (adjoint) solve of the gradient failed" in str(err)
+    else:  # ... a wrong gradient is not
+        assert float(jnp.linalg.norm(g - ref) / jnp.linalg.norm(ref)) < 1e-3
