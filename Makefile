@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 ## demo: set up .venv and run the flagship example (writes runs/demo/)
 demo: $(STAMP)
-	$(PY) -m neuralode.demo --out runs/demo
+	$(PY) examples/spiral_demo.py --out runs/demo
 
 ## test: set up .venv and run the test suite (slow tests excluded) plus ruff
 test: $(STAMP)
