@@ -133,6 +133,18 @@ class Spirals(eqx.Module):
         )
 
 
+@functools.partial(jax.jit, static_argnames=("num_spirals", "window", "lo", "hi"))
+def _spiral_windows(key, full_trajs, noise_std, *, num_spirals, window, lo, hi):
+    key_orient, key_start, key_noise = jax.random.split(key, 3)
+    clockwise = jax.random.permutation(key_orient, jnp.arange(num_spirals) < num_spirals // 2)
+    start_index = jax.random.randint(key_start, (num_spirals,), lo, hi, dtype=jnp.int32)
+    idx = start_index[:, None] + jnp.arange(window, dtype=jnp.int32)[None, :]
+    ys_clean = full_trajs[clockwise.astype(jnp.int32)[:, None], idx]
+    noise = jax.random.normal(key_noise, ys_clean.shape, full_trajs.dtype)
+    ys = ys_clean + noise_std * noise
+    return ys, ys_clean, clockwise, start_index
+
+
 def make_spirals(
     key: PRNGKeyArray,
     num_spirals: int = 1000,
@@ -212,9 +224,7 @@ def make_spirals(
     z_ccw = t
     r_ccw = a + b * z_ccw
     ccw = np.stack([r_ccw * np.cos(z_ccw) + 5.0, r_ccw * np.sin(z_ccw)], axis=-1)
-    z_cw = stop + 1.0 - t
-    if np.any(z_cw <= 0):
-        raise ValueError("The clockwise spiral needs stop + 1 - t > 0 on the whole grid.")
+    z_cw = stop + 1.0 - t  # >= 1 on the grid
     r_cw = a + 50.0 * b / z_cw
     cw = np.stack([r_cw * np.cos(z_cw) - 5.0, r_cw * np.sin(z_cw)], axis=-1)
     if reverse_clockwise:
@@ -222,15 +232,15 @@ def make_spirals(
     full_trajs = jnp.asarray(np.stack([ccw, cw]), dtype=dtype)
     full_ts = jnp.asarray(t, dtype=dtype)
 
-    key_orient, key_start, key_noise = jax.random.split(key, 3)
-    clockwise = jax.random.permutation(key_orient, jnp.arange(num_spirals) < num_spirals // 2)
-    start_index = jax.random.randint(
-        key_start, (num_spirals,), num_points, num_points + num_starts, dtype=jnp.int32
+    ys, ys_clean, clockwise, start_index = _spiral_windows(
+        key,
+        full_trajs,
+        noise_std,
+        num_spirals=num_spirals,
+        window=window,
+        lo=num_points,
+        hi=num_points + num_starts,
     )
-    idx = start_index[:, None] + jnp.arange(window, dtype=jnp.int32)[None, :]
-    ys_clean = full_trajs[clockwise.astype(jnp.int32)[:, None], idx]
-    noise = jax.random.normal(key_noise, ys_clean.shape, dtype=dtype)
-    ys = ys_clean + jnp.asarray(noise_std, dtype) * noise
     return Spirals(
         ts=full_ts[:window],
         ys=ys,
@@ -308,6 +318,18 @@ class IrregularSamples(NamedTuple):
     mask: Bool[Array, "N T"]
 
 
+@functools.partial(jax.jit, static_argnames=("n",))
+def _subsample(key, ts, ys, *, n):
+    num, num_times = ys.shape[:2]
+    # A random permutation per row (argsort of i.i.d. uniforms); keep its first n, sorted.
+    u = jax.random.uniform(key, (num, num_times))
+    indices = jnp.sort(jnp.argsort(u, axis=1)[:, :n], axis=1).astype(jnp.int32)
+    times = jnp.take_along_axis(ts, indices, axis=1)
+    values = jnp.take_along_axis(ys, indices[:, :, None], axis=1)
+    mask = jnp.zeros((num, num_times), bool).at[jnp.arange(num)[:, None], indices].set(True)
+    return times, values, indices, mask
+
+
 def subsample(
     key: PRNGKeyArray,
     ts: Float[ArrayLike, "*N T"],
@@ -350,12 +372,7 @@ def subsample(
     n = _check_positive_int("n", n)
     if n > num_times:
         raise ValueError(f"`n`={n} exceeds the number of time points T={num_times}.")
-    # A random permutation per row (argsort of i.i.d. uniforms); keep its first n, sorted.
-    u = jax.random.uniform(key, (num, num_times))
-    indices = jnp.sort(jnp.argsort(u, axis=1)[:, :n], axis=1).astype(jnp.int32)
-    times = jnp.take_along_axis(ts, indices, axis=1)
-    values = jnp.take_along_axis(ys, indices[:, :, None], axis=1)
-    mask = jnp.zeros((num, num_times), bool).at[jnp.arange(num)[:, None], indices].set(True)
+    times, values, indices, mask = _subsample(key, ts, ys, n=n)
     return IrregularSamples(times=times, values=values, indices=indices, mask=mask)
 
 
@@ -435,6 +452,15 @@ def _unit(angle: Array) -> Array:
     return jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=-1)
 
 
+@functools.partial(jax.jit, static_argnames=("n", "dtype"))
+def _circles(key, noise, factor, *, n, dtype):
+    k_perm, k_angle, k_noise = jax.random.split(key, 3)
+    radius = jnp.where(jnp.arange(n) < n // 2, 1.0, factor).astype(dtype)
+    radius = jax.random.permutation(k_perm, radius)
+    angle = jax.random.uniform(k_angle, (n,), dtype, 0.0, 2 * math.pi)
+    return radius[:, None] * _unit(angle) + noise * jax.random.normal(k_noise, (n, 2), dtype)
+
+
 def sample_circles(
     key: PRNGKeyArray, n: int, *, noise: float = 0.06, factor: float = 0.5, dtype: Any = jnp.float32
 ) -> Float[Array, "n 2"]:
@@ -452,11 +478,19 @@ def sample_circles(
     dtype = _check_float_dtype(dtype)
     if not 0.0 < factor < 1.0:
         raise ValueError(f"`factor` must lie in (0, 1), got {factor}.")
+    return _circles(key, noise, factor, n=n, dtype=dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dtype"))
+def _moons(key, noise, *, n, dtype):
     k_perm, k_angle, k_noise = jax.random.split(key, 3)
-    radius = jnp.where(jnp.arange(n) < n // 2, 1.0, factor).astype(dtype)
-    radius = jax.random.permutation(k_perm, radius)
-    angle = jax.random.uniform(k_angle, (n,), dtype, 0.0, 2 * math.pi)
-    return radius[:, None] * _unit(angle) + noise * jax.random.normal(k_noise, (n, 2), dtype)
+    upper = jax.random.permutation(k_perm, jnp.arange(n) < n // 2)
+    theta = jax.random.uniform(k_angle, (n,), dtype, 0.0, math.pi)
+    c, s = jnp.cos(theta), jnp.sin(theta)
+    x = jnp.where(upper, c, 1.0 - c) - 0.5
+    y = jnp.where(upper, s, 0.5 - s) - 0.25
+    points = jnp.stack([x, y], axis=-1)
+    return points + noise * jax.random.normal(k_noise, (n, 2), dtype)
 
 
 def sample_moons(
@@ -473,15 +507,15 @@ def sample_moons(
         (100, 2)
     """
     n = _check_positive_int("n", n)
-    dtype = _check_float_dtype(dtype)
-    k_perm, k_angle, k_noise = jax.random.split(key, 3)
-    upper = jax.random.permutation(k_perm, jnp.arange(n) < n // 2)
-    theta = jax.random.uniform(k_angle, (n,), dtype, 0.0, math.pi)
-    c, s = jnp.cos(theta), jnp.sin(theta)
-    x = jnp.where(upper, c, 1.0 - c) - 0.5
-    y = jnp.where(upper, s, 0.5 - s) - 0.25
-    points = jnp.stack([x, y], axis=-1)
-    return points + noise * jax.random.normal(k_noise, (n, 2), dtype)
+    return _moons(key, noise, n=n, dtype=_check_float_dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dtype"))
+def _8gaussians(key, radius, std, *, n, dtype):
+    k_comp, k_noise = jax.random.split(key)
+    comp = jax.random.randint(k_comp, (n,), 0, 8)
+    centres = radius * _unit(comp.astype(dtype) * (math.pi / 4))
+    return centres + std * jax.random.normal(k_noise, (n, 2), dtype)
 
 
 def sample_8gaussians(
@@ -501,11 +535,17 @@ def sample_8gaussians(
         (64, 2)
     """
     n = _check_positive_int("n", n)
-    dtype = _check_float_dtype(dtype)
-    k_comp, k_noise = jax.random.split(key)
-    comp = jax.random.randint(k_comp, (n,), 0, 8)
-    centres = radius * _unit(comp.astype(dtype) * (math.pi / 4))
-    return centres + std * jax.random.normal(k_noise, (n, 2), dtype)
+    return _8gaussians(key, radius, std, n=n, dtype=_check_float_dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "num_arms", "dtype"))
+def _pinwheel(key, radial_std, tangential_std, rate, scale, *, n, num_arms, dtype):
+    k_arm, k_noise = jax.random.split(key)
+    arm = jax.random.randint(k_arm, (n,), 0, num_arms).astype(dtype)
+    eps = jax.random.normal(k_noise, (n, 2), dtype)
+    g = jnp.stack([1.0 + radial_std * eps[:, 0], tangential_std * eps[:, 1]], axis=-1)
+    angle = arm * (2 * math.pi / num_arms) + rate * jnp.exp(g[:, 0])
+    return scale * _rotate(g, angle)
 
 
 def sample_pinwheel(
@@ -530,13 +570,26 @@ def sample_pinwheel(
     """
     n = _check_positive_int("n", n)
     num_arms = _check_positive_int("num_arms", num_arms)
-    dtype = _check_float_dtype(dtype)
-    k_arm, k_noise = jax.random.split(key)
-    arm = jax.random.randint(k_arm, (n,), 0, num_arms).astype(dtype)
-    eps = jax.random.normal(k_noise, (n, 2), dtype)
-    g = jnp.stack([1.0 + radial_std * eps[:, 0], tangential_std * eps[:, 1]], axis=-1)
-    angle = arm * (2 * math.pi / num_arms) + rate * jnp.exp(g[:, 0])
-    return scale * _rotate(g, angle)
+    return _pinwheel(
+        key,
+        radial_std,
+        tangential_std,
+        rate,
+        scale,
+        n=n,
+        num_arms=num_arms,
+        dtype=_check_float_dtype(dtype),
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dtype"))
+def _checkerboard(key, *, n, dtype):
+    k_cell, k_pos = jax.random.split(key)
+    cell = jax.random.randint(k_cell, (n,), 0, 8)
+    i = cell // 2
+    j = 2 * (cell % 2) + (i % 2)  # the two black columns of row i
+    corner = jnp.stack([j, i], axis=-1).astype(dtype) * 2.0 - 4.0
+    return corner + 2.0 * jax.random.uniform(k_pos, (n, 2), dtype)
 
 
 def sample_checkerboard(
@@ -552,13 +605,16 @@ def sample_checkerboard(
         (64, 2)
     """
     n = _check_positive_int("n", n)
-    dtype = _check_float_dtype(dtype)
-    k_cell, k_pos = jax.random.split(key)
-    cell = jax.random.randint(k_cell, (n,), 0, 8)
-    i = cell // 2
-    j = 2 * (cell % 2) + (i % 2)  # the two black columns of row i
-    corner = jnp.stack([j, i], axis=-1).astype(dtype) * 2.0 - 4.0
-    return corner + 2.0 * jax.random.uniform(k_pos, (n, 2), dtype)
+    return _checkerboard(key, n=n, dtype=_check_float_dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dtype"))
+def _2spirals(key, noise, *, n, dtype):
+    k_arm, k_u, k_noise = jax.random.split(key, 3)
+    sign = jnp.where(jax.random.bernoulli(k_arm, 0.5, (n,)), 1.0, -1.0).astype(dtype)
+    theta = 3 * math.pi * jnp.sqrt(jax.random.uniform(k_u, (n,), dtype))
+    points = (sign * theta / 3.0)[:, None] * _unit(theta)
+    return points + noise * jax.random.normal(k_noise, (n, 2), dtype)
 
 
 def sample_2spirals(
@@ -574,12 +630,15 @@ def sample_2spirals(
         (64, 2)
     """
     n = _check_positive_int("n", n)
-    dtype = _check_float_dtype(dtype)
-    k_arm, k_u, k_noise = jax.random.split(key, 3)
-    sign = jnp.where(jax.random.bernoulli(k_arm, 0.5, (n,)), 1.0, -1.0).astype(dtype)
-    theta = 3 * math.pi * jnp.sqrt(jax.random.uniform(k_u, (n,), dtype))
-    points = (sign * theta / 3.0)[:, None] * _unit(theta)
-    return points + noise * jax.random.normal(k_noise, (n, 2), dtype)
+    return _2spirals(key, noise, n=n, dtype=_check_float_dtype(dtype))
+
+
+@functools.partial(jax.jit, static_argnames=("n", "dtype"))
+def _rings(key, radii, noise, *, n, dtype):
+    k_ring, k_angle, k_noise = jax.random.split(key, 3)
+    radius = radii.astype(dtype)[jax.random.randint(k_ring, (n,), 0, radii.shape[0])]
+    angle = jax.random.uniform(k_angle, (n,), dtype, 0.0, 2 * math.pi)
+    return radius[:, None] * _unit(angle) + noise * jax.random.normal(k_noise, (n, 2), dtype)
 
 
 def sample_rings(
@@ -598,12 +657,10 @@ def sample_rings(
     """
     n = _check_positive_int("n", n)
     dtype = _check_float_dtype(dtype)
-    if len(radii) == 0:
-        raise ValueError("`radii` must contain at least one radius.")
-    k_ring, k_angle, k_noise = jax.random.split(key, 3)
-    radius = jnp.asarray(radii, dtype)[jax.random.randint(k_ring, (n,), 0, len(radii))]
-    angle = jax.random.uniform(k_angle, (n,), dtype, 0.0, 2 * math.pi)
-    return radius[:, None] * _unit(angle) + noise * jax.random.normal(k_noise, (n, 2), dtype)
+    radii = np.asarray(radii, np.float64)
+    if radii.ndim != 1 or radii.size == 0:
+        raise ValueError(f"`radii` must be a non-empty sequence of radii, got {radii!r}.")
+    return _rings(key, radii, noise, n=n, dtype=dtype)
 
 
 _TOY_2D: dict[str, Callable[..., Array]] = {
@@ -668,6 +725,7 @@ def _log_mix(u: Array, v: Array) -> Array:
     return jnp.logaddexp(-0.5 * u**2, -0.5 * v**2)
 
 
+@jax.jit
 def log_density_u1(z: Float[ArrayLike, "... 2"]) -> Float[Array, "..."]:
     """``-U1(z)``: a ring of radius 2 split into two halves by a bimodal factor in ``z1``.
 
@@ -683,12 +741,14 @@ def log_density_u1(z: Float[ArrayLike, "... 2"]) -> Float[Array, "..."]:
     return -0.5 * ((norm - 2.0) / 0.4) ** 2 + _log_mix((z1 - 2.0) / 0.6, (z1 + 2.0) / 0.6)
 
 
+@jax.jit
 def log_density_u2(z: Float[ArrayLike, "... 2"]) -> Float[Array, "..."]:
     """``-U2(z)``: a sine wave, ``U2(z) = ½((z2 - w1(z1))/0.4)²`` with ``w1 = sin(π z1 / 2)``."""
     z = _as_points(z)
     return -0.5 * ((z[..., 1] - _w1(z[..., 0])) / 0.4) ** 2
 
 
+@jax.jit
 def log_density_u3(z: Float[ArrayLike, "... 2"]) -> Float[Array, "..."]:
     """``-U3(z)``: the sine wave split by a Gaussian bump.
 
@@ -701,6 +761,7 @@ def log_density_u3(z: Float[ArrayLike, "... 2"]) -> Float[Array, "..."]:
     return _log_mix(d / 0.35, (d + _w2(z1)) / 0.35)
 
 
+@jax.jit
 def log_density_u4(z: Float[ArrayLike, "... 2"]) -> Float[Array, "..."]:
     """``-U4(z)``: the sine wave split by a sigmoid step.
 
