@@ -117,17 +117,21 @@ def initial_step(fn, t0, y0, f0, t_end, error_order: int, rtol, atol, full_y0=No
 
 
 def step_factor(ratio, prev_ratio, accepted, rejected_last, error_order: int, ctrl: PIController):
-    """Factor ``h_new / h`` proposed by the PI controller (see module docstring)."""
+    """Factor ``h_new / h`` proposed by the PI controller (see module docstring).
+
+    One ``log`` and one ``exp`` per step: the exponent is chosen first (accepted: PI,
+    rejected: I only), then exponentiated.
+    """
     k = 1.0 / (error_order + 1)
     alpha = k - 0.75 * ctrl.beta
-    safe_ratio = jnp.maximum(ratio, 1e-10)
-    finite = jnp.isfinite(ratio)
-    grow = ctrl.safety * safe_ratio ** (-alpha) * prev_ratio**ctrl.beta
-    grow = jnp.clip(grow, ctrl.factormin, ctrl.factormax)
-    grow = jnp.where(rejected_last, jnp.minimum(grow, 1.0), grow)
-    shrink = jnp.clip(ctrl.safety * safe_ratio ** (-k), ctrl.factormin, 1.0)
-    factor = jnp.where(accepted, grow, shrink)
-    return jnp.where(finite, factor, ctrl.factormin)
+    log_r = jnp.log(jnp.maximum(ratio, 1e-10))
+    exponent = jnp.where(
+        accepted, ctrl.beta * jnp.log(prev_ratio) - alpha * log_r, -k * log_r
+    )
+    factor = ctrl.safety * jnp.exp(exponent)
+    upper = jnp.where(accepted & ~rejected_last, ctrl.factormax, 1.0)
+    factor = jnp.clip(factor, ctrl.factormin, upper)
+    return jnp.where(jnp.isfinite(ratio), factor, ctrl.factormin)
 
 
 def dtmin_value(ctrl: PIController) -> float:

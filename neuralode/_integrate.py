@@ -62,16 +62,24 @@ def rk_stages(fn, tab: ButcherTableau, t, y, f0, h):
     return y1, ks
 
 
-def error_ratio(tab: ButcherTableau, ks, h, y0, y1, rtol, atol, norm_dims=None):
+def error_ratio(tab: ButcherTableau, ks, h, y0, y1, rtol, atol, norm_dims=None, poison=None):
     """Scaled RMS error estimate of a step (``<= 1`` means accept).
 
     ``norm_dims`` restricts the norm to the first ``norm_dims`` state entries (a seminorm).
+    ``poison`` (the whole new state) makes the ratio NaN if it holds a NaN or inf, in the same
+    reduction (``0·x`` is NaN exactly for non-finite ``x``).
     """
     if norm_dims is not None:
         ks = [k[:norm_dims] for k in ks]
         y0, y1 = y0[:norm_dims], y1[:norm_dims]
     scale = error_scale(y0, y1, rtol, atol)
-    e5 = rms_norm(_combine(None, h, tab.b_err, ks) / scale)
+    scaled = _combine(None, h, tab.b_err, ks) / scale
+    if poison is not None:
+        if norm_dims is None:
+            scaled = scaled + 0.0 * poison
+        else:
+            scaled = scaled + 0.0 * jnp.sum(poison)
+    e5 = rms_norm(scaled)
     if tab.b_err2 is None:
         return e5
     # Hairer's DOP853 combination of the 5th and 3rd order estimates.
@@ -249,8 +257,8 @@ def integrate_adaptive(
         h_eff = jnp.where(last, remaining, h)
         y1, ks = rk_stages(g, tab, t, y, f0, h_eff)
         t1 = jnp.where(last, t_end, t + h_eff)
-        ratio = error_ratio(tab, ks, h_eff, y, y1, rtol, atol, norm_dims)
-        finite = jnp.isfinite(ratio) & jnp.all(jnp.isfinite(y1))
+        ratio = error_ratio(tab, ks, h_eff, y, y1, rtol, atol, norm_dims, y1)
+        finite = jnp.isfinite(ratio)
         accepted = finite & (ratio <= 1.0)
         step_nfe = tab.num_stages - 1
         if tab.fsal:
