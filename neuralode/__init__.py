@@ -13,6 +13,7 @@ Example:
     ```
 """
 
+from . import datasets, nn, training
 from ._adjoint import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, InterpolatedAdjoint
 from ._controller import PIController
 from ._odeint import odeint
@@ -35,6 +36,9 @@ from ._solvers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "datasets",
+    "nn",
+    "training",
     "AbstractAdaptiveSolver",
     "AbstractAdjoint",
     "AbstractFixedSolver",

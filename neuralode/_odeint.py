@@ -22,6 +22,16 @@ _DEFAULT_CONTROLLER = PIController()
 _DEFAULT_ADJOINT = BacksolveAdjoint()
 
 
+def _describe(value, name: str) -> str:
+    """``repr`` of a bad option, with a hint when a class was passed instead of an instance."""
+    if isinstance(value, type):
+        return (
+            f"the class {value.__name__} itself; pass an instance, "
+            f"{name}=nde.{value.__name__}()"
+        )
+    return repr(value)
+
+
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
@@ -184,15 +194,19 @@ def odeint(
     """
     if not isinstance(solver, AbstractSolver):
         raise TypeError(
-            f"odeint: `solver` must be a solver instance such as nde.Tsit5(), got {solver!r}. "
+            f"odeint: `solver` must be a solver instance such as nde.Tsit5(), got "
+            f"{_describe(solver, 'solver')}. "
             "Available: Euler, Midpoint, Heun, RK4, Bosh3, Dopri5, Tsit5, Dopri8."
         )
     if not isinstance(controller, PIController):
-        raise TypeError(f"odeint: `controller` must be a nde.PIController, got {controller!r}.")
+        raise TypeError(
+            "odeint: `controller` must be a nde.PIController instance, got "
+            f"{_describe(controller, 'controller')}."
+        )
     if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(
             "odeint: `adjoint` must be nde.BacksolveAdjoint(), nde.InterpolatedAdjoint() or "
-            f"nde.CheckpointAdjoint(), got {adjoint!r}."
+            f"nde.CheckpointAdjoint(), got {_describe(adjoint, 'adjoint')}."
         )
     if isinstance(max_steps, bool) or not isinstance(max_steps, int | np.integer) or max_steps < 1:
         raise ValueError(f"odeint: `max_steps` must be a positive int, got {max_steps!r}.")
@@ -202,6 +216,9 @@ def odeint(
         raise TypeError(f"odeint: `f` must be callable as f(t, y, args), got {type(f).__name__}.")
 
     y0 = _prepare_y0(y0)
+    # Concrete (non-traced) output times are inspected on the host; under `jit` a NumPy or
+    # Python `ts` stays concrete here even though jnp.asarray would turn it into a tracer.
+    ts_static = None if isinstance(ts, jax.core.Tracer) else np.asarray(ts)
     ts = _check_ts(ts)
     rtol_arr = _check_tolerance("rtol", rtol)
     atol_arr = _check_tolerance("atol", atol)
@@ -213,16 +230,21 @@ def odeint(
     atol_arr = atol_arr.astype(dtype)
     _check_f_output(f, ts[0], y0, args)
 
-    if _is_concrete(ts):
-        if not _monotonic(np.asarray(ts)):
-            raise ValueError(_TS_MESSAGE + f" Got ts={np.asarray(ts)!r}.")
+    if ts_static is not None:
+        if not _monotonic(ts_static.astype(np.float64)):
+            raise ValueError(_TS_MESSAGE + f" Got ts={ts_static!r}.")
     else:
         d = jnp.diff(ts)
         bad = ~(jnp.all(d > 0) | jnp.all(d < 0)) | ~jnp.all(jnp.isfinite(ts))
         ts = eqx.error_if(ts, bad, _TS_MESSAGE)
     if not _is_concrete(rtol_arr) or not _is_concrete(atol_arr):
         bad_tol = ~(rtol_arr > 0) | ~(atol_arr > 0)
-        rtol_arr = eqx.error_if(rtol_arr, bad_tol, "odeint: `rtol` and `atol` must be positive.")
+        rtol_arr = eqx.error_if(
+            rtol_arr,
+            bad_tol,
+            "odeint: `rtol` and `atol` must be positive; a traced value was zero, negative or "
+            "NaN.",
+        )
 
     # Differentiable arrays of `f` itself (an eqx.Module) and of `args` become explicit
     # inputs; everything else of `f` is static.
@@ -272,7 +294,7 @@ def odeint(
             raise ValueError(
                 f"odeint: the fixed-step solver {solver!r} needs `dt0` (the largest step size)."
             )
-        if not _is_concrete(ts) or not _is_concrete(dt0):
+        if ts_static is None or not _is_concrete(dt0):
             raise ValueError(
                 f"odeint: the fixed-step solver {solver!r} needs concrete (non-traced) `ts` and "
                 "`dt0`, because the number of steps is part of the compiled program. Pass them "
@@ -280,7 +302,7 @@ def odeint(
             )
         if not float(np.asarray(dt0)) != 0:
             raise ValueError("odeint: `dt0` must be non-zero.")
-        num_sub = fixed_substeps(np.asarray(ts), dt0)
+        num_sub = fixed_substeps(ts_static, dt0)
         ys_flat, nfe = integrate_fixed(fn, y_flat, ts, (diff, nondiff), tab=solver.tableau,
                                        num_sub=num_sub)
         n_steps = jnp.asarray(num_sub * (ts.shape[0] - 1), jnp.int32)
