@@ -480,12 +480,13 @@ def _checkpoint(fn, cfg, y0, ts, diff, nondiff, rtol, atol, dt0, probe):
             def g(tt, yy):
                 return sign * fn(sign * tt, yy, (d, nondiff))
 
+            t_end = taus[-1]
             f0 = g(t, y)
-            y1, ks = rk_stages(g, tab, t, y, f0, h)
+            y1, ks = rk_stages(g, tab, t, y, f0, h, t_hi=t_end)
             full = list(ks)
             if not tab.fsal:
-                full.append(g(t + h, y1))
-            full = extra_stages(g, tab, t, y, h, full)
+                full.append(g(jnp.minimum(t + h, t_end), y1))
+            full = extra_stages(g, tab, t, y, h, full, t_hi=t_end)
             return y1, dense_coeffs(tab, h, full)
 
         s = tab.num_stages

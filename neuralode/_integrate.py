@@ -49,15 +49,27 @@ def _combine(base, h, coeffs, ks):
     return acc * h if base is None else base + h * acc
 
 
-def rk_stages(fn, tab: ButcherTableau, t, y, f0, h):
+def _stage_time(t, c, h, t_lo, t_hi):
+    """``t + c h``, clamped to ``[t_lo, t_hi]`` when given (rounding can overshoot an ulp)."""
+    tc = t + float(c) * h
+    if t_hi is not None:
+        tc = jnp.minimum(tc, t_hi)
+    if t_lo is not None:
+        tc = jnp.maximum(tc, t_lo)
+    return tc
+
+
+def rk_stages(fn, tab: ButcherTableau, t, y, f0, h, t_lo=None, t_hi=None):
     """One explicit Runge-Kutta step from ``(t, y)`` with first stage ``f0``.
 
-    Returns ``(y1, ks)`` where ``ks`` is the list of the ``s`` tableau stages.
+    Stage times are clamped to ``[t_lo, t_hi]`` when given, so that ``fn`` is never evaluated
+    outside the integration interval, even by an ulp. Returns ``(y1, ks)`` where ``ks`` is the
+    list of the ``s`` tableau stages.
     """
     ks = [f0]
     for i in range(1, tab.num_stages):
         yi = _combine(y, h, tab.a[i, :i], ks)
-        ks.append(fn(t + float(tab.c[i]) * h, yi))
+        ks.append(fn(_stage_time(t, tab.c[i], h, t_lo, t_hi), yi))
     y1 = _combine(y, h, tab.b, ks)
     return y1, ks
 
@@ -85,15 +97,16 @@ def error_ratio(tab: ButcherTableau, ks, h, y0, y1, rtol, atol, norm_dims=None, 
     # Hairer's DOP853 combination of the 5th and 3rd order estimates.
     e3 = rms_norm(_combine(None, h, tab.b_err2, ks) / scale)
     denom = jnp.sqrt(e5 * e5 + 0.01 * e3 * e3)
-    return jnp.where(denom > 0, e5 * e5 / jnp.where(denom > 0, denom, 1.0), 0.0)
+    # denom == 0 only if e5 == 0 (ratio 0); NaN/inf propagate so bad steps are rejected.
+    return e5 * e5 / jnp.where(denom == 0, 1.0, denom)
 
 
-def extra_stages(fn, tab: ButcherTableau, t, y, h, ks_full):
+def extra_stages(fn, tab: ButcherTableau, t, y, h, ks_full, t_hi=None):
     """Append the dense-output-only stages of ``tab`` to ``ks_full`` (list, in place)."""
     for i in range(tab.num_extra):
         row = tab.extra_a[i]
         yi = _combine(y, h, row[: len(ks_full)], ks_full)
-        ks_full.append(fn(t + float(tab.extra_c[i]) * h, yi))
+        ks_full.append(fn(_stage_time(t, tab.extra_c[i], h, None, t_hi), yi))
     return ks_full
 
 
@@ -242,20 +255,21 @@ def integrate_adaptive(
         zero,
         zero + nfe0,
         result0,
+        jnp.zeros((), bool),
         rec,
     )
 
     def cond(state):
-        t, *_, n_steps, _, _, _, result, _ = state
+        t, *_, n_steps, _, _, _, result, _, _ = state
         return (t < t_end) & (n_steps < max_steps) & (result == Result.successful)
 
     def body(state):
         (t, y, f0, h, prev_ratio, rejected_last, i_out, ys, n_steps, n_acc, n_rej, nfe,
-         result, rec) = state
+         result, saw_nonfinite, rec) = state
         remaining = t_end - t
         last = h >= remaining
         h_eff = jnp.where(last, remaining, h)
-        y1, ks = rk_stages(g, tab, t, y, f0, h_eff)
+        y1, ks = rk_stages(g, tab, t, y, f0, h_eff, t_hi=t_end)
         t1 = jnp.where(last, t_end, t + h_eff)
         ratio = error_ratio(tab, ks, h_eff, y, y1, rtol, atol, norm_dims, y1)
         finite = jnp.isfinite(ratio)
@@ -274,7 +288,7 @@ def integrate_adaptive(
             i_out, ys, extra_nfe = carry
             full = list(ks_full)
             if has_extra:
-                full = extra_stages(g, tab, t, y, h_eff, full)
+                full = extra_stages(g, tab, t, y, h_eff, full, t_hi=t_end)
             coeffs = dense_coeffs(tab, h_eff, full)
 
             def out_cond(c):
@@ -304,7 +318,7 @@ def integrate_adaptive(
             if rec_c is not None:
                 full = list(ks_full)
                 if has_extra:
-                    full = extra_stages(g, tab, t, y, h_eff, full)
+                    full = extra_stages(g, tab, t, y, h_eff, full, t_hi=t_end)
                     step_nfe += tab.num_extra
                 rec_c = rec_c.at[idx].set(dense_coeffs(tab, h_eff, full), mode="drop")
             rec = (rec_t, rec_h, rec_y, rec_c)
@@ -313,9 +327,11 @@ def integrate_adaptive(
         h_new = jnp.minimum(h_eff * factor, dtmax)
         t_new = jnp.where(accepted, t1, t)
         underflow = (~last | ~accepted) & ((h_new < dtmin) | (t_new + h_new <= t_new))
+        # A step-size collapse after any non-finite rejection is reported as non-finite.
+        saw_nonfinite = saw_nonfinite | ~finite
         result = jnp.where(
             underflow,
-            jnp.where(finite, Result.dt_min_reached, Result.nonfinite),
+            jnp.where(saw_nonfinite, Result.nonfinite, Result.dt_min_reached),
             result,
         ).astype(jnp.int32)
         return (
@@ -332,6 +348,7 @@ def integrate_adaptive(
             n_rej + (~accepted),
             nfe + step_nfe + extra_nfe,
             result,
+            saw_nonfinite,
             rec,
         )
 
@@ -339,7 +356,7 @@ def integrate_adaptive(
         final = init
     else:
         final = lax.while_loop(cond, body, init)
-    t, *_, ys, n_steps, n_acc, n_rej, nfe, result, rec = final
+    t, *_, ys, n_steps, n_acc, n_rej, nfe, result, _, rec = final
     result = jnp.where(
         (result == Result.successful) & (t < t_end), Result.max_steps_reached, result
     ).astype(jnp.int32)
@@ -358,17 +375,19 @@ def integrate_fixed(fn, y0, ts, params, *, tab: ButcherTableau, num_sub: int):
     """
     dtype = y0.dtype
 
-    def step(y, t, h):
+    def step(y, t, h, t_lo, t_hi):
         f0 = fn(t, y, params)
-        y1, _ = rk_stages(lambda tt, yy: fn(tt, yy, params), tab, t, y, f0, h)
+        y1, _ = rk_stages(lambda tt, yy: fn(tt, yy, params), tab, t, y, f0, h, t_lo, t_hi)
         return y1
 
     def interval(y, t_pair):
         ta, tb = t_pair
         h = (tb - ta) / num_sub
+        t_lo, t_hi = jnp.minimum(ta, tb), jnp.maximum(ta, tb)
 
         def sub(y, j):
-            return step(y, ta + j.astype(dtype) * h, h), None
+            t = jnp.clip(ta + j.astype(dtype) * h, t_lo, t_hi)
+            return step(y, t, h, t_lo, t_hi), None
 
         y, _ = lax.scan(sub, y, jnp.arange(num_sub))
         return y, y
