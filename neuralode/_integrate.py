@@ -112,9 +112,14 @@ def extra_stages(fn, tab: ButcherTableau, t, y, h, ks_full, t_hi=None):
 
 def dense_coeffs(tab: ButcherTableau, h, ks_full):
     """Polynomial coefficients ``[c_1..c_P]`` (shape ``(P, n)``): ``y(θ) = y0 + Σ c_p θ^p``."""
-    kmat = jnp.stack(ks_full)
-    interp = jnp.asarray(tab.interp[: len(ks_full)], kmat.dtype)
-    return h * (interp.T @ kmat)
+    # Unrolled weighted sums with constant coefficients (fused elementwise by XLA) rather than
+    # a small matrix product, which XLA:CPU dispatches as a comparatively slow dot.
+    interp = tab.interp[: len(ks_full)]
+    rows = []
+    for p in range(interp.shape[1]):
+        row = _combine(None, h, interp[:, p], ks_full)
+        rows.append(jnp.zeros_like(ks_full[0]) if row is None else row)
+    return jnp.stack(rows)
 
 
 def eval_dense(y0, coeffs, theta):
@@ -246,7 +251,7 @@ def integrate_adaptive(
         y0,
         f0,
         h0,
-        jnp.asarray(1e-4, dtype),
+        jnp.asarray(1.0, dtype),  # neutral: no PI memory before the first accepted step
         jnp.zeros((), bool),
         jnp.asarray(1, jnp.int32),
         ys,
@@ -323,7 +328,9 @@ def integrate_adaptive(
                 rec_c = rec_c.at[idx].set(dense_coeffs(tab, h_eff, full), mode="drop")
             rec = (rec_t, rec_h, rec_y, rec_c)
 
-        factor = step_factor(ratio, prev_ratio, accepted, rejected_last, q, controller)
+        factor = step_factor(
+            ratio, prev_ratio, accepted, rejected_last, q, controller, tab.controller_beta
+        )
         h_new = jnp.minimum(h_eff * factor, dtmax)
         t_new = jnp.where(accepted, t1, t)
         underflow = (~last | ~accepted) & ((h_new < dtmin) | (t_new + h_new <= t_new))

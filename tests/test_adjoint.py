@@ -353,7 +353,11 @@ def test_van_der_pol_gradient_accuracy(vdp_reference, mode):
 
 
 def test_van_der_pol_backsolve_raises_instead_of_wrong_gradient():
-    with pytest.raises(Exception, match="backward .*solve of the gradient failed"):
+    # Either the backward solve itself breaks down (step size underflow) or the drift check
+    # catches the diverging reconstruction first; both are errors that name the cause.
+    with pytest.raises(
+        Exception, match="backward .*solve of the gradient failed|drifted away from the forward"
+    ):
         jax.block_until_ready(_vdp_grad(VDP_Y0, VDP_TS, nde.BacksolveAdjoint(), 1e-6))
     g = _vdp_grad(VDP_Y0, VDP_TS, nde.BacksolveAdjoint(), 1e-6, False)
     assert np.all(np.isnan(np.asarray(g)))
@@ -422,6 +426,7 @@ def test_lorenz_gradient_is_accurate_or_raises():
     try:
         g = jax.block_until_ready(_lorenz_grad(y0, nde.BacksolveAdjoint(), jnp.asarray(1e-8)))
     except Exception as err:  # a clear error is acceptable ...
-        assert "backward (adjoint) solve of the gradient failed" in str(err)
+        msg = str(err)
+        assert "solve of the gradient failed" in msg or "drifted away" in msg
     else:  # ... a wrong gradient is not
         assert float(jnp.linalg.norm(g - ref) / jnp.linalg.norm(ref)) < 1e-3

@@ -350,14 +350,14 @@ def test_agrees_with_scipy_dop853(name, solver):
 # Same pair, same tolerances, same RMS error norm, same initial-step algorithm (Hairer's), so
 # the NFE should agree closely. The remaining differences, and the bounds they justify:
 #
-# * Controller. diffrax's default PIDController is a pure I controller; ours defaults to
-#   Hairer's PI controller (beta = 0.04), which reacts more smoothly and on these smooth
-#   problems takes a few more, slightly more accurate steps. The strict comparison therefore
-#   uses our `PIController(beta=0.0)`. Even then two rules differ: after an accepted step
-#   diffrax never shrinks the step (factor >= 1) while we follow Hairer (and scipy) and shrink
-#   when the error ratio is in (safety^(q+1), 1]; after a rejection diffrax caps the factor at
-#   `safety`, we at 1 for the next growth. With diffrax's rules patched in, our Tsit5 NFE equals
-#   diffrax's to within 0.5% on every problem and tolerance here.
+# * Controller. diffrax's default PIDController is a pure I controller; ours defaults to a PI
+#   controller (Gustafsson form, beta = 0.04 for the fifth-order pairs), whose damping term takes
+#   a few more, slightly more accurate steps on some of these problems. The strict comparison
+#   therefore uses our `PIController(beta=0.0)`. Even then two rules differ: after an accepted
+#   step diffrax never shrinks the step (factor >= 1) while we follow Hairer (and scipy) and
+#   shrink when the error ratio is in (safety^(q+1), 1]; after a rejection diffrax caps the factor
+#   at `safety`, we at 1 for the next growth. With diffrax's rules patched in, our Tsit5 NFE
+#   equals diffrax's to within 0.5% on every problem and tolerance here.
 # * Dopri5 error estimate. We use Dormand and Prince's original embedded weights (as Hairer's
 #   DOPRI5, scipy's RK45 and MATLAB's ode45 do); diffrax uses another fourth-order embedding
 #   whose error weights are exactly 2/3 of these. Our estimate is 1.5x larger, so at equal

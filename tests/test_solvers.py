@@ -317,12 +317,21 @@ def test_beta_zero_is_an_integral_controller():
         expected = np.clip(0.9 * np.asarray(ratios) ** (-1.0 / (q + 1)), 0.2, 10.0)
         np.testing.assert_allclose(np.asarray(factor), expected, rtol=1e-12)
     # With beta > 0 the previous ratio matters: a larger previous error means a smaller step.
-    pi = nde.PIController()
+    # Gustafsson's form (1/r)^(k_I) (r_prev/r)^(k_P), k_P = 5 beta/(q+1) = beta for q = 4; the
+    # proportional factor only damps (it is capped at 1).
+    pi = nde.PIController(beta=0.04)
     f_small = step_factor(jnp.asarray(0.3), jnp.asarray(0.01), accepted, no, q, pi)
     f_large = step_factor(jnp.asarray(0.3), jnp.asarray(0.9), accepted, no, q, pi)
-    alpha = 1.0 / (q + 1) - 0.75 * pi.beta
-    np.testing.assert_allclose(float(f_small), 0.9 * 0.3 ** (-alpha) * 0.01**pi.beta, rtol=1e-12)
+    k = 1.0 / (q + 1)
+    np.testing.assert_allclose(
+        float(f_small), 0.9 * 0.3 ** (-k) * (0.01 / 0.3) ** 0.04, rtol=1e-12
+    )
+    np.testing.assert_allclose(float(f_large), 0.9 * 0.3 ** (-k), rtol=1e-12)
     assert float(f_small) < float(f_large)
+    # beta=None takes the solver's recommendation (the default_beta argument)
+    default = nde.PIController()
+    f_none = step_factor(jnp.asarray(0.3), jnp.asarray(0.01), accepted, no, q, default, 0.0)
+    np.testing.assert_allclose(float(f_none), 0.9 * 0.3 ** (-k), rtol=1e-12)
 
 
 def test_rejected_step_only_shrinks():

@@ -43,6 +43,8 @@ class ButcherTableau:
         interp_order: Order of accuracy of the dense output.
         extra_c, extra_a: Extra stages for the dense output, evaluated only on steps that
             contain an output time; ``extra_a`` has shape ``(n_extra, S)`` (zero-padded).
+        controller_beta: Recommended proportional gain of the PI controller for this pair
+            (used when ``PIController(beta=None)``).
     """
 
     name: str
@@ -58,6 +60,7 @@ class ButcherTableau:
     interp_order: int | None = None
     extra_c: np.ndarray | None = None
     extra_a: np.ndarray | None = None
+    controller_beta: float = 0.04
 
     def __post_init__(self):
         for field in ("c", "a", "b", "b_err", "b_err2", "interp", "extra_c", "extra_a"):

@@ -274,6 +274,7 @@ _dopri8 = ButcherTableau(
     fsal=False,
     interp=_interp,
     interp_order=7,
+    controller_beta=0.0,  # Hairer's DOP853 default: a pure I controller
     extra_c=_extra_c,
     extra_a=_extra_a,
 )
