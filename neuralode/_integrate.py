@@ -245,32 +245,33 @@ def integrate_adaptive(
     else:
         rec = None
 
-    # Loop state: t, y, f0, h, prev_ratio, rejected_last, i_out, ys, counters, result, rec.
+    # Loop state, packed into few arrays: every array of the loop state costs its own select /
+    # update kernel per step, which dominates the step cost of small systems on XLA:CPU.
+    #   yf:  [y, f(t, y)]                                   (2n,)   state dtype
+    #   fsc: [t, h, previous accepted error ratio]          (3,)    state dtype
+    #   isc: [i_out, steps, accepted, rejected, nfe, result, rejected_last, saw_nonfinite] int32
+    n = y0.shape[0]
     init = (
-        t0,
-        y0,
-        f0,
-        h0,
-        jnp.asarray(1.0, dtype),  # neutral: no PI memory before the first accepted step
-        jnp.zeros((), bool),
-        jnp.asarray(1, jnp.int32),
+        jnp.concatenate([y0, f0]),
+        jnp.stack([t0, h0, jnp.ones((), dtype)]),  # PI memory 1: neutral before the first step
+        jnp.stack(
+            [jnp.asarray(v, jnp.int32) for v in (1, 0, 0, 0, nfe0, result0, 0, 0)]
+        ),
         ys,
-        zero,
-        zero,
-        zero,
-        zero + nfe0,
-        result0,
-        jnp.zeros((), bool),
         rec,
     )
 
     def cond(state):
-        t, *_, n_steps, _, _, _, result, _, _ = state
-        return (t < t_end) & (n_steps < max_steps) & (result == Result.successful)
+        _, fsc, isc, _, _ = state
+        return (fsc[0] < t_end) & (isc[1] < max_steps) & (isc[5] == Result.successful)
 
     def body(state):
-        (t, y, f0, h, prev_ratio, rejected_last, i_out, ys, n_steps, n_acc, n_rej, nfe,
-         result, saw_nonfinite, rec) = state
+        yf, fsc, isc, ys, rec = state
+        y, f0 = yf[:n], yf[n:]
+        t, h, prev_ratio = fsc[0], fsc[1], fsc[2]
+        i_out, n_acc = isc[0], isc[2]
+        rejected_last = isc[6] != 0
+        saw_nonfinite = isc[7] != 0
         remaining = t_end - t
         last = h >= remaining
         h_eff = jnp.where(last, remaining, h)
@@ -339,31 +340,32 @@ def integrate_adaptive(
         result = jnp.where(
             underflow,
             jnp.where(saw_nonfinite, Result.nonfinite, Result.dt_min_reached),
-            result,
-        ).astype(jnp.int32)
-        return (
-            t_new,
-            jnp.where(accepted, y1, y),
-            jnp.where(accepted, f1, f0),
-            h_new,
-            jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev_ratio),
-            ~accepted,
-            i_out,
-            ys,
-            n_steps + 1,
-            n_acc + accepted,
-            n_rej + (~accepted),
-            nfe + step_nfe + extra_nfe,
-            result,
-            saw_nonfinite,
-            rec,
+            isc[5],
         )
+        yf = jnp.where(accepted, jnp.concatenate([y1, f1]), yf)
+        fsc = jnp.stack([t_new, h_new, jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev_ratio)])
+        acc_i = accepted.astype(jnp.int32)
+        isc = jnp.stack(
+            [
+                i_out,
+                isc[1] + 1,
+                isc[2] + acc_i,
+                isc[3] + (1 - acc_i),
+                isc[4] + step_nfe + extra_nfe,
+                result.astype(jnp.int32),
+                1 - acc_i,
+                saw_nonfinite.astype(jnp.int32),
+            ]
+        )
+        return yf, fsc, isc, ys, rec
 
     if n_out == 1:
         final = init
     else:
         final = lax.while_loop(cond, body, init)
-    t, *_, ys, n_steps, n_acc, n_rej, nfe, result, _, rec = final
+    _, fsc, isc, ys, rec = final
+    t = fsc[0]
+    n_steps, n_acc, n_rej, nfe, result = isc[1], isc[2], isc[3], isc[4], isc[5]
     result = jnp.where(
         (result == Result.successful) & (t < t_end), Result.max_steps_reached, result
     ).astype(jnp.int32)
