@@ -35,6 +35,11 @@ from ._controller import (
 from ._solution import Result
 from ._solvers import ButcherTableau
 
+# Up to this many output times, every accepted step evaluates its interpolant at all of them
+# and selects (no branch, no inner loop); beyond, a conditional inner loop visits only the
+# output times inside the step.
+_SELECT_OUTPUTS_MAX = 8
+
 
 def _combine(base, h, coeffs, ks):
     """``base + h Σ_j coeffs[j] ks[j]`` skipping zero coefficients (unrolled, fused by XLA)."""
@@ -310,10 +315,22 @@ def integrate_adaptive(
             i_out, ys = lax.while_loop(out_cond, out_body, (i_out, ys))
             return i_out, ys, extra_nfe + tab.num_extra
 
-        has_out = accepted & (i_out < n_out) & (taus[jnp.minimum(i_out, n_out - 1)] <= t1)
-        i_out, ys, extra_nfe = lax.cond(
-            has_out, write_outputs, lambda c: c, (i_out, ys, zero)
-        )
+        if not has_extra and n_out <= _SELECT_OUTPUTS_MAX:
+            # Few output times: evaluate the step's interpolant at all of them and keep those
+            # inside this accepted step. Branch-free, O(n_out · n) per step.
+            coeffs = dense_coeffs(tab, h_eff, ks_full)
+            inside = accepted & (taus > t) & (taus <= t1)
+            theta = jnp.where(inside, (taus - t) / h_eff, 0.0)
+            vals = eval_dense(y[None, :], coeffs[:, None, :], theta[:, None])
+            vals = jnp.where((taus == t1)[:, None], y1[None, :], vals)
+            ys = jnp.where(inside[:, None], vals, ys)
+            i_out = i_out + jnp.sum(inside, dtype=i_out.dtype)
+            extra_nfe = zero
+        else:
+            has_out = accepted & (i_out < n_out) & (taus[jnp.minimum(i_out, n_out - 1)] <= t1)
+            i_out, ys, extra_nfe = lax.cond(
+                has_out, write_outputs, lambda c: c, (i_out, ys, zero)
+            )
 
         if rec is not None:
             rec_t, rec_h, rec_y, rec_c = rec
