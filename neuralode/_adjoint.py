@@ -344,9 +344,9 @@ def _backward_failure_drift(result, grads, cfg, hint=_BACKSOLVE_HINT):
             "neuralode: the backward (adjoint) solve of the gradient failed. " + m + hint
             for m in RESULT_MESSAGES
         ) + (_DRIFT_MESSAGE,)
-        leaves, tree = jax.tree.flatten(grads)
-        leaves[0] = eqx.branched_error_if(leaves[0], failed, result, messages)
-        grads = jax.tree.unflatten(tree, leaves)
+        # The check guards every gradient leaf: whichever cotangent the caller uses, a failed
+        # backward solve raises (a check on one leaf alone is dropped when that leaf is unused).
+        grads = eqx.branched_error_if(grads, failed, result, messages)
     return jax.tree.map(lambda g: jnp.where(failed, jnp.nan, g), grads)
 
 

@@ -430,3 +430,15 @@ def test_lorenz_gradient_is_accurate_or_raises():
         assert "solve of the gradient failed" in msg or "drifted away" in msg
     else:  # ... a wrong gradient is not
         assert float(jnp.linalg.norm(g - ref) / jnp.linalg.norm(ref)) < 1e-3
+
+
+def test_failed_backward_solve_raises_whichever_gradient_is_used():
+    # Only the gradient w.r.t. args is requested: the failure must still raise.
+    def loss(y0, mu):
+        sol = nde.odeint(_vdp, y0, VDP_TS, mu, rtol=1e-6, atol=1e-6, max_steps=100_000)
+        return jnp.sum(sol.ys[-1] ** 2)
+
+    with pytest.raises(
+        Exception, match="backward .*solve of the gradient failed|drifted away from the forward"
+    ):
+        jax.block_until_ready(jax.jit(jax.grad(loss, argnums=1))(VDP_Y0, 1.0))
