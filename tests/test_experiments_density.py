@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -16,8 +17,12 @@ SUMMARY_KEYS = {"experiment", "preset", "wall_time_s", "metrics", "paper", "plot
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_exp_{name}", EXPERIMENTS / f"{name}.py")
+    modname = f"_experiments_{name}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, EXPERIMENTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
     spec.loader.exec_module(module)
     return module
 

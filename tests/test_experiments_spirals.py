@@ -1,0 +1,157 @@
+"""The Table 2 spirals experiment (experiments/spirals.py): smoke preset and its pieces."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from experiments import reproduce, spirals  # noqa: E402
+
+
+def _steps(path: pathlib.Path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_smoke_preset_writes_a_complete_run(tmp_path):
+    out = tmp_path / "spirals-smoke"
+    summary = spirals.main(["--preset", "smoke", "--out", str(out), "--no-progress"])
+
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        assert (out / name).is_file(), name
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert "figure8_extrapolation_n30.png" in pngs
+    assert set(summary["plots"]) <= set(pngs)
+    checkpoints = sorted(out.glob("*/checkpoint.eqx"))
+    assert checkpoints, "no checkpoint written"
+
+    # Every training part is a resumable Trainer run with its own log and checkpoint.
+    cfg = spirals.PRESETS["smoke"]
+    for part, steps in (("latent_ode_n30", cfg["steps"]), ("rnn_dt_n30", cfg["rnn_steps"])):
+        assert (out / part / "checkpoint.eqx").is_file()
+        assert (out / part / "config.json").is_file()
+        assert _steps(out / part / "metrics.jsonl") == list(range(1, steps + 1))
+        assert summary["tasks"][part]["steps"] == steps
+
+    # The summary follows the experiments' shared convention.
+    on_disk = json.loads((out / "summary.json").read_text())
+    for key in ("experiment", "preset", "wall_time_s", "metrics", "paper", "plots"):
+        assert key in on_disk, key
+    assert on_disk["experiment"] == "spirals" and on_disk["preset"] == "smoke"
+    assert on_disk["paper"]["rmse"]["latent_ode"] == {"30": 0.1642, "50": 0.1502, "100": 0.1346}
+    for kind in ("latent_ode", "rnn", "rnn_dt"):
+        for key in ("rmse", "rmse_noisy"):
+            value = on_disk["metrics"][key][kind]["30"]
+            assert math.isfinite(value) and value > 0
+    assert on_disk["metrics"]["nfe"]["latent_ode"]["30"] > 0
+    assert on_disk["machine"]["cpu_count"] >= 1
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_gives_the_same_numbers(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--preset", "smoke", "--out", str(out), "--no-progress", "--set", "parts=rnn_dt"]
+    first = spirals.main(argv)
+    second = spirals.main(argv)
+    assert second["resumed"]
+    assert second["metrics"]["rmse"] == first["metrics"]["rmse"]
+    assert _steps(out / "rnn_dt_n30" / "metrics.jsonl") == list(range(1, 5))
+    timing = json.loads((out / "rnn_dt_n30" / "timing.json").read_text())
+    assert timing["invocations"] == 1
+
+
+def test_config_overrides_are_typed_and_validated():
+    cfg = spirals.resolve_config(
+        "smoke", ["steps=7", "lr=0.5", "obs_counts=30,50", "parts=rnn", "resample=false"]
+    )
+    assert cfg["steps"] == 7 and cfg["lr"] == 0.5 and cfg["obs_counts"] == [30, 50]
+    assert cfg["parts"] == ["rnn"] and cfg["resample"] is False
+    with pytest.raises(SystemExit):
+        spirals.resolve_config("smoke", ["no_such_key=1"])
+    with pytest.raises(SystemExit):
+        spirals.resolve_config("nonexistent", [])
+
+
+def test_every_preset_has_the_same_keys():
+    keys = set(spirals.PRESETS["paper"])
+    for name, preset in spirals.PRESETS.items():
+        assert set(preset) == keys, name
+
+
+def test_event_data_is_a_valid_padded_grid():
+    cfg = spirals.resolve_config("smoke", ["poisson_num_seqs=40"])
+    data = spirals.make_event_data(cfg, seed=0, dtype=np.float64)
+    times, mask = data["times"], data["mask"]
+    assert times.shape == mask.shape and times.shape[0] == 40
+    assert np.all(np.diff(times, axis=1) > 0)  # strictly increasing, padding included
+    np.testing.assert_allclose(times[:, 0], 0.0)
+    np.testing.assert_allclose(times[:, -1], cfg["poisson_t_end"])
+    assert not mask[:, 0].any() and not mask[:, -1].any()
+    np.testing.assert_array_equal(mask.sum(axis=1), data["counts"])
+    # The event count matches the integral of the true rate on average.
+    grid = np.linspace(0.0, data["t_end"], 2001)
+    expected = np.mean(
+        [np.trapezoid(spirals.true_rate(data, grid, p), grid) for p in data["phases"]]
+    )
+    assert abs(data["counts"].mean() - expected) < 4 * math.sqrt(expected / 40) + 0.5
+
+
+def test_reproduce_discovers_spirals_and_renders_a_summary(tmp_path):
+    found, missing = reproduce.discover()
+    assert "spirals" in found and "reproduce" not in found
+    assert not set(found) & set(missing)
+
+    run = tmp_path / "runs" / "spirals-smoke"
+    run.mkdir(parents=True)
+    (run / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    summary = {
+        "experiment": "spirals",
+        "preset": "smoke",
+        "wall_time_s": 12.5,
+        "metrics": {"rmse": {"latent_ode": {"30": 0.2}}, "other": 3},
+        "paper": {"rmse": {"latent_ode": {"30": 0.1642}}},
+        "plots": ["plot.png"],
+        "notes": ["a note"],
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    doc = tmp_path / "docs" / "reproduction.md"
+    result = reproduce.main(
+        [
+            "--preset",
+            "smoke",
+            "--from-existing",
+            "--only",
+            "spirals",
+            "--summary",
+            str(run),
+            "--out",
+            str(tmp_path / "runs"),
+            "--doc",
+            str(doc),
+        ]
+    )
+    text = doc.read_text()
+    assert result["experiments"]["spirals"]["summary"] == str(run / "summary.json")
+    assert "| rmse.latent_ode.30 | 0.1642 | 0.2 |" in text
+    assert "(reproduction/spirals-plot.png)" in text
+    assert (tmp_path / "docs" / "reproduction" / "spirals-plot.png").is_file()
+    assert "a note" in text and "CPUs" in text
+
+
+@pytest.mark.slow
+def test_smoke_preset_odernn_and_poisson_parts(tmp_path):
+    out = tmp_path / "run"
+    summary = spirals.main(
+        ["--preset", "smoke", "--out", str(out), "--no-progress", "--set", "parts=odernn,poisson"]
+    )
+    assert math.isfinite(summary["metrics"]["rmse"]["odernn"]["30"])
+    assert math.isfinite(summary["metrics"]["poisson"]["rate_rmse"])
+    assert (out / "poisson_rate.png").is_file()
+    assert (out / "poisson" / "checkpoint.eqx").is_file()
