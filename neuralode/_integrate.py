@@ -79,13 +79,27 @@ def rk_stages(fn, tab: ButcherTableau, t, y, f0, h, t_lo=None, t_hi=None):
     return y1, ks
 
 
-def error_ratio(tab: ButcherTableau, ks, h, y0, y1, rtol, atol, norm_dims=None, poison=None):
+def error_ratio(
+    tab: ButcherTableau, ks, h, y0, y1, rtol, atol, norm_dims=None, poison=None, norm_split=None
+):
     """Scaled RMS error estimate of a step (``<= 1`` means accept).
 
     ``norm_dims`` restricts the norm to the first ``norm_dims`` state entries (a seminorm).
-    ``poison`` (the whole new state) makes the ratio NaN if it holds a NaN or inf, in the same
-    reduction (``0·x`` is NaN exactly for non-finite ``x``).
+    ``norm_split`` (with ``norm_dims=None``) takes the larger of the RMS norms of the entries
+    before and from ``norm_split`` (a mixed norm, so a large block of small entries cannot
+    dilute the error of a small block). ``poison`` (the whole new state) makes the ratio NaN if
+    it holds a NaN or inf, in the same reduction (``0·x`` is NaN exactly for non-finite ``x``).
     """
+    if norm_dims is None and norm_split is not None and 0 < norm_split < y0.shape[0]:
+        head = error_ratio(
+            tab, [k[:norm_split] for k in ks], h, y0[:norm_split], y1[:norm_split], rtol, atol,
+            poison=None if poison is None else jnp.sum(poison),
+        )
+        tail = error_ratio(
+            tab, [k[norm_split:] for k in ks], h, y0[norm_split:], y1[norm_split:], rtol, atol
+        )
+        # NaN in either half propagates (jnp.maximum keeps NaN).
+        return jnp.maximum(head, tail)
     if norm_dims is not None:
         ks = [k[:norm_dims] for k in ks]
         y0, y1 = y0[:norm_dims], y1[:norm_dims]
@@ -180,6 +194,7 @@ def integrate_adaptive(
     max_steps: int,
     record: str | None = None,
     norm_dims: int | None = None,
+    norm_split: int | None = None,
 ):
     """Solve ``dy/dt = fn(t, y, params)`` with an adaptive embedded RK pair.
 
@@ -197,6 +212,9 @@ def integrate_adaptive(
             its dense polynomial), for the memory-hungry adjoints.
         norm_dims: If set, error control sees only the first ``norm_dims`` state entries
             (the seminorm of the adjoint solve); the rest is integrated without control.
+        norm_split: If set (and ``norm_dims`` is not), the error norm is the larger of the
+            RMS norms of the entries before and from ``norm_split`` (the adjoint's full norm:
+            the state channels and the parameter channel each controlled on their own).
 
     Returns:
         ``(ys, stats, result, steps)``: outputs of shape ``(N, n)`` (NaN where not reached),
@@ -282,7 +300,7 @@ def integrate_adaptive(
         h_eff = jnp.where(last, remaining, h)
         y1, ks = rk_stages(g, tab, t, y, f0, h_eff, t_hi=t_end)
         t1 = jnp.where(last, t_end, t + h_eff)
-        ratio = error_ratio(tab, ks, h_eff, y, y1, rtol, atol, norm_dims, y1)
+        ratio = error_ratio(tab, ks, h_eff, y, y1, rtol, atol, norm_dims, y1, norm_split)
         finite = jnp.isfinite(ratio)
         accepted = finite & (ratio <= 1.0)
         step_nfe = tab.num_stages - 1

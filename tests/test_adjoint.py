@@ -315,6 +315,31 @@ def test_seminorm_lowers_backward_nfe():
     assert float(semi[3]) < float(full[3]), (semi, full)
 
 
+def test_full_adjoint_norm_is_the_larger_of_the_channel_norms():
+    """seminorm=False controls [z, a] and a_θ each on its own (a mixed norm): many small
+    parameter entries cannot dilute the state error, so the seminorm never sees a larger ratio.
+    """
+    from neuralode._integrate import error_ratio
+    from neuralode._solvers import Tsit5
+
+    tab = Tsit5().tableau
+    key = jax.random.key(0)
+    n, m = 4, 400
+    ks = [jax.random.normal(k, (n + m,)) for k in jax.random.split(key, tab.num_stages)]
+    ks = [k.at[n:].multiply(1e-3) for k in ks]  # tiny errors in the big parameter block
+    y0 = jnp.ones(n + m)
+    y1 = y0 + 0.1
+    args = (tab, ks, 0.1, y0, y1, 1e-6, 1e-6)
+    head = error_ratio(tab, [k[:n] for k in ks], 0.1, y0[:n], y1[:n], 1e-6, 1e-6)
+    tail = error_ratio(tab, [k[n:] for k in ks], 0.1, y0[n:], y1[n:], 1e-6, 1e-6)
+    mixed = error_ratio(*args, norm_split=n)
+    np.testing.assert_allclose(mixed, max(head, tail), rtol=1e-12)
+    np.testing.assert_allclose(error_ratio(*args, norm_dims=n), head, rtol=1e-12)
+    assert float(error_ratio(*args)) < 0.2 * float(mixed)  # one RMS would dilute it
+    poisoned = error_ratio(*args, poison=y1.at[-1].set(jnp.nan), norm_split=n)
+    assert np.isnan(poisoned)
+
+
 def test_tighter_adjoint_tolerance_costs_more_backward_steps():
     loose = _backward_stats(nde.BacksolveAdjoint())
     tight = _backward_stats(nde.BacksolveAdjoint(rtol=1e-9, atol=1e-9))
