@@ -391,6 +391,47 @@ def test_rnn_baseline_trains_and_compiles_once_per_shape(spirals):
     assert plain.cell.input_size == 2 and model.cell.input_size == 3
 
 
+def test_encoder_mask_trains_extrapolation():
+    """``encoder_mask``: the encoder reads only the leading points, the likelihood scores all."""
+    model = LatentODE(2, 3, hidden_size=6, field_width=6, decoder_width=6, key=jax.random.key(3))
+    times = jnp.linspace(0.0, 2.0, 8)
+    values = jnp.stack([jnp.cos(times), jnp.sin(times)], -1)
+    head = jnp.arange(8) < 5
+    key = jax.random.key(4)
+    full, aux_full = model.elbo(key, values, times, None, encoder_mask=head)
+    part, aux_part = model.elbo(key, values, times, head)
+    # Same points read by the encoder -> same posterior (same KL, same z0 sample) ...
+    np.testing.assert_allclose(aux_full["kl"], aux_part["kl"], rtol=1e-12)
+    # ... and the future points enter the likelihood: changing them moves it ...
+    moved = values.at[5:].add(1.0)
+    _, aux_moved = model.elbo(key, moved, times, None, encoder_mask=head)
+    np.testing.assert_allclose(aux_moved["kl"], aux_full["kl"], rtol=1e-12)
+    assert abs(float(aux_moved["log_likelihood"] - aux_full["log_likelihood"])) > 1.0
+    # ... by exactly their Gaussian log-likelihood change (the trajectory is unchanged).
+    preds = model.decode(
+        model.trajectory(
+            model.sample_z0(key, *model.encode(values, times, head)), times[0], times
+        )
+    )
+    expect = gaussian_log_likelihood(moved, preds, None, model.obs_std) - gaussian_log_likelihood(
+        values, preds, None, model.obs_std
+    )
+    np.testing.assert_allclose(
+        aux_moved["log_likelihood"] - aux_full["log_likelihood"], expect, rtol=1e-6
+    )
+    # The default (encoder_mask=None) reads every point: the posterior differs.
+    _, aux_default = model.elbo(key, values, times, None)
+    assert abs(float(aux_default["kl"] - aux_full["kl"])) > 1e-6
+    # Batched loss: a (T,) encoder mask broadcasts and matches the per-sequence ELBO.
+    loss, _ = latent_ode_loss(model, key, values[None], times, None, encoder_mask=head)
+    one, _ = model.elbo(jax.random.split(key, 1)[0], values, times, None, encoder_mask=head)
+    np.testing.assert_allclose(loss, -one, rtol=1e-10)
+    with pytest.raises(ValueError, match="`encoder_mask`"):
+        model.elbo(key, values, times, None, encoder_mask=head[:4])
+    with pytest.raises(ValueError, match="`encoder_mask`"):
+        latent_ode_loss(model, key, values[None], times, None, encoder_mask=jnp.ones((2, 8)))
+
+
 # ---------------------------------------------------------------------------------------------
 # Argument validation
 # ---------------------------------------------------------------------------------------------
@@ -415,6 +456,11 @@ def test_clear_errors():
         PoissonProcessLikelihood(2, link="relu", key=key)
     with pytest.raises(ValueError, match="requested times"):
         model.trajectory(jnp.zeros(3), 1.0, jnp.array([0.5, 2.0]))
+    # Under jit the same mistake is a runtime error, not a silent shift of z0's time.
+    traj = eqx.filter_jit(model.trajectory)
+    with pytest.raises(Exception, match="requested times must be >= t0"):
+        jax.block_until_ready(traj(jnp.zeros(3), 1.0, jnp.array([0.5, 2.0])))
+    assert traj(jnp.zeros(3), 1.0, jnp.array([1.0, 2.0])).shape == (2, 3)
     with pytest.raises(ValueError, match="`values`"):
         latent_ode_loss(model, key, values, times, None)
 

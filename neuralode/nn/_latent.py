@@ -125,6 +125,16 @@ def _check_sequence(
     return values, times.astype(values.dtype), observed
 
 
+def _check_mask(who: str, name: str, mask: Any, num_times: int) -> Array:
+    mask = jnp.asarray(mask)
+    if mask.shape != (num_times,):
+        raise ValueError(
+            f"{who}: `{name}` must have shape (T,) = ({num_times},) to match `values`, got "
+            f"shape {mask.shape}."
+        )
+    return mask if mask.dtype == jnp.bool_ else mask != 0
+
+
 def _check_key(who: str, key: Any) -> None:
     if key is None or not (
         isinstance(key, jax.Array)
@@ -785,6 +795,13 @@ class LatentODE(eqx.Module):
                     f"LatentODE.trajectory: the first requested time {float(ts[0])} lies "
                     f"before the start time t0 = {float(t0)}; requested times must be >= t0."
                 )
+        else:  # traced (jit/vmap): the same check at run time, never a silent time shift
+            ts = eqx.error_if(
+                ts,
+                ts[0] < t0,
+                "LatentODE.trajectory: the first requested time lies before the start time t0 "
+                "(z0's time, the first observation time); requested times must be >= t0.",
+            )
         # One solve on [t0, ts...]. If ts[0] == t0 the start is moved back by one machine
         # epsilon (relative to max(|t0|, 1); an error of ~eps·|f|, at rounding level) so the
         # grid stays strictly increasing. (Not nextafter: denormals are flushed to zero.)
@@ -805,12 +822,21 @@ class LatentODE(eqx.Module):
         values: Float[ArrayLike, "T D"],
         times: Float[ArrayLike, " T"],
         mask: Bool[ArrayLike, " T"] | Float[ArrayLike, " T"] | None = None,
+        *,
+        encoder_mask: Bool[ArrayLike, " T"] | Float[ArrayLike, " T"] | None = None,
     ) -> tuple[Float[Array, ""], dict[str, Array]]:
         """Single-sample ELBO of one sequence.
 
         Args:
             key: PRNG key of the reparameterised ``z0`` sample.
-            values, times, mask: One sequence (see the module docstring).
+            values, times, mask: One sequence (see the module docstring); the likelihood
+                covers the points where ``mask`` is true.
+            encoder_mask: The points the recognition network reads (default: ``mask``).
+                Giving it only the leading observations while ``mask`` also covers later
+                points trains the model to *extrapolate*: ``z0`` is inferred from the first
+                part and the likelihood scores the prediction of the rest (the
+                extrapolation objective of Rubanova et al., 2019). ``z0`` stays at
+                ``times[0]``.
 
         Returns:
             ``(elbo, aux)`` with ``aux`` holding ``"log_likelihood"`` (Gaussian term),
@@ -820,7 +846,11 @@ class LatentODE(eqx.Module):
         values, times, observed = _check_sequence(
             "LatentODE.elbo", self.data_size, values, times, mask
         )
-        mean, logvar = self.encoder(values, times, observed)
+        if encoder_mask is None:
+            mean, logvar = self.encoder(values, times, observed)
+        else:
+            read = _check_mask("LatentODE.elbo", "encoder_mask", encoder_mask, times.shape[0])
+            mean, logvar = self.encoder(values, times, read & observed)
         z0 = self.sample_z0(key, mean, logvar)
         if self.poisson is None:
             sol = self._odeint(self.field, z0, times)
@@ -903,11 +933,15 @@ def latent_ode_loss(
     values: Float[ArrayLike, "B T D"],
     times: Float[ArrayLike, "B T"] | Float[ArrayLike, " T"],
     mask: Bool[ArrayLike, "B T"] | Float[ArrayLike, "B T"] | None = None,
+    *,
+    encoder_mask: Bool[ArrayLike, "B T"] | Float[ArrayLike, "B T"] | None = None,
 ) -> tuple[Float[Array, ""], dict[str, Array]]:
     """Batch mean of the negative ELBO: ``-mean_b ELBO_b`` (one ``z0`` sample per sequence).
 
     ``vmap`` of :meth:`LatentODE.elbo` with ``jax.random.split(key, B)``. A pure function of
     the model: wrap it in ``eqx.filter_jit(eqx.filter_value_and_grad(..., has_aux=True))``.
+    ``encoder_mask`` (shape ``(T,)`` or ``(B, T)``) restricts what the recognition network
+    reads, for extrapolation training (see :meth:`LatentODE.elbo`).
 
     Returns:
         ``(loss, aux)``; ``aux`` holds the batch means of ``"log_likelihood"``,
@@ -928,7 +962,20 @@ def latent_ode_loss(
     _check_key("latent_ode_loss", key)
     values, times, mask = _broadcast_batch("latent_ode_loss", values, times, mask)
     keys = jax.random.split(key, values.shape[0])
-    elbos, aux = jax.vmap(model.elbo)(keys, values, times, mask)
+    if encoder_mask is None:
+        elbos, aux = jax.vmap(model.elbo)(keys, values, times, mask)
+    else:
+        encoder_mask = jnp.asarray(encoder_mask)
+        if encoder_mask.ndim == 1:
+            encoder_mask = jnp.broadcast_to(encoder_mask, mask.shape)
+        if encoder_mask.shape != mask.shape:
+            raise ValueError(
+                f"latent_ode_loss: `encoder_mask` must have shape (T,) or (B, T) = "
+                f"{mask.shape}, got shape {encoder_mask.shape}."
+            )
+        elbos, aux = jax.vmap(lambda k, v, t, m, e: model.elbo(k, v, t, m, encoder_mask=e))(
+            keys, values, times, mask, encoder_mask
+        )
     out = {k: jnp.mean(v) for k, v in aux.items() if k != "nfe"}
     out["nfe"] = jnp.max(aux["nfe"])
     return -jnp.mean(elbos), out
