@@ -356,3 +356,57 @@ def test_sharded_step_matches_single_device():
     assert result["trainer_diff"] <= 1e-6
     assert result["resume_diff"] <= 1e-6
     assert "not divisible by the number of devices (4)" in result["error"]
+
+
+def test_param_average_tracks_ema_of_iterates_and_survives_resume(tmp_path):
+    decay = 0.9
+    optimizer = optax.chain(optax.sgd(0.1), training.param_average(decay))
+    model = make_model()
+    params = eqx.filter(model, eqx.is_inexact_array)
+    state = optimizer.init(params)
+    step = training.make_train_step(loss_fn, optimizer)
+    iterates = []
+    for i in range(6):
+        model, state, _, _ = step(model, state, batch_fn(i, jax.random.key(i)), jax.random.key(i))
+        iterates.append(eqx.filter(model, eqx.is_inexact_array))
+    # The reference recursion, written out: avg_k = d_k avg_{k-1} + (1 - d_k) theta_k.
+    expect = params
+    for k, theta in enumerate(iterates):
+        d = min(decay, (1 + k) / (10 + k))
+        expect = jax.tree.map(lambda a, p, d=d: d * a + (1 - d) * p, expect, theta)
+    avg = training.averaged_model(state, model)
+    for x, y in zip(
+        jax.tree.leaves(eqx.filter(avg, eqx.is_array)), jax.tree.leaves(expect), strict=True
+    ):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    # It is not the last iterate (the average lags behind) ...
+    last = jax.tree.leaves(iterates[-1])[0]
+    assert not np.allclose(jax.tree.leaves(eqx.filter(avg, eqx.is_array))[0], last)
+    # ... updates pass through unchanged: same trajectory as the plain optimizer.
+    plain = training.make_train_step(loss_fn, optax.sgd(0.1))
+    m2, s2 = make_model(), optax.sgd(0.1).init(params)
+    for i in range(6):
+        m2, s2, _, _ = plain(m2, s2, batch_fn(i, jax.random.key(i)), jax.random.key(i))
+    assert_trees_equal(eqx.filter(m2, eqx.is_array), eqx.filter(model, eqx.is_array))
+
+    # The average is part of the checkpointed optimiser state: a killed run resumes it exactly.
+    def trainer(run_dir, **kw):
+        return training.Trainer(
+            loss_fn, optimizer, batch_fn, run_dir=run_dir, checkpoint_every=3, progress=False, **kw
+        )
+
+    full = trainer(tmp_path / "full").fit(make_model(), 8)
+    with pytest.raises(Kill):
+        trainer(tmp_path / "killed", callbacks=[kill_at(5)]).fit(make_model(), 8)
+    resumed = trainer(tmp_path / "killed").fit(make_model(), 8)
+    assert_trees_equal(
+        eqx.filter(training.averaged_model(resumed.opt_state, resumed.model), eqx.is_array),
+        eqx.filter(training.averaged_model(full.opt_state, full.model), eqx.is_array),
+    )
+
+    with pytest.raises(ValueError, match="param_average"):
+        training.averaged_model(optax.adam(1e-2).init(params), model)
+    with pytest.raises(ValueError, match="`decay`"):
+        training.param_average(1.5)
+    with pytest.raises(ValueError, match="params"):
+        training.param_average(0.9).update(params, training.param_average(0.9).init(params))
