@@ -90,6 +90,7 @@ def render(data) -> str:
         f"Command: `{data['command']}`" + (" (QUICK SMOKE RUN: too few repeats to quote)"
                                           if data["quick"] else ""),
         "",
+        *[f"Refreshed since: {note}\n" for note in data.get("refreshed", [])],
         "## Machine",
         "",
         C.md_table(["", ""], [[k, v] for k, v in data["info"].items()]
@@ -156,12 +157,33 @@ def main():
     p.add_argument("--render", metavar="PICKLE",
                    help="do not run: re-render the report from saved results (e.g. after "
                         "editing discussion.md)")
+    p.add_argument("--refresh-backward", metavar="PICKLE",
+                   help="re-measure only the backward-solve statistics (seminorm on/off, "
+                        "deterministic step counts) with the current code on the saved "
+                        "results' cases, save them back and re-render")
     a = p.parse_args()
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    if a.render:
+    if a.refresh_backward:
+        with open(a.refresh_backward, "rb") as fh:
+            data = pickle.load(fh)
+        problems = {p.key: p for p in (C.mlp_problem("a"), C.mlp_problem("b"), C.vdp_problem())}
+        backward = data["gradients"]["backward"]
+        for key, (prob, _) in list(backward.items()):
+            max_steps = data["gradients"]["speed"][key][1]
+            live = problems[key]
+            log(f"backward stats: {prob.title}")
+            backward[key] = (prob, gradients.backward_stats(live, max_steps))
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        data.setdefault("refreshed", []).append(
+            f"the backward-solve table (seminorm on/off) was re-measured on {stamp} with "
+            f"`.venv/bin/python benchmarks/run.py --refresh-backward PICKLE` after the full "
+            "norm became the larger of the state and parameter channels' RMS norms")
+        with open(a.refresh_backward, "wb") as fh:
+            pickle.dump(data, fh)
+    elif a.render:
         with open(a.render, "rb") as fh:
             data = pickle.load(fh)
     else:
