@@ -17,7 +17,7 @@ code averages its units; see :func:`average_units_at_init`). Both models use a 5
 cosine decay of the learning rate in the ``small`` preset, the same number of iterations and the
 same batch size. Gradients: the ``paper`` preset uses the paper's adjoint method
 (``nde.BacksolveAdjoint``); ``small`` uses ``nde.CheckpointAdjoint`` (exact gradients of the
-discrete solve), about ten times faster for these per-sample (vmapped) solves on a CPU.
+discrete solve), 3-5x faster per gradient for these per-sample (vmapped) solves on a CPU.
 
 **Targets.** ``u2``–``u4`` are constant along ``z1`` and so not normalisable on ``R²``; the
 reverse KL would then be unbounded below (the model gains entropy by spreading along ``z1``
@@ -35,11 +35,9 @@ tagged), table.md, summary.json and the plots. Running the same command again re
 model from its checkpoint (finished models are only re-loaded).
 """
 
-import argparse
-import json
 import math
-import os
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -50,6 +48,13 @@ import numpy as np
 import optax
 
 import neuralode as nde
+
+if not __package__:  # run as a script or loaded from its file: make the package importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _common as C
+
+# helpers that moved to _common, still importable from this module as before
+from experiments._common import average_units_at_init, check_same_config, cnf_with, train_time
 
 SOLVERS = {"tsit5": nde.Tsit5, "dopri5": nde.Dopri5, "bosh3": nde.Bosh3}
 ADJOINTS = {"backsolve": nde.BacksolveAdjoint, "checkpoint": nde.CheckpointAdjoint}
@@ -105,7 +110,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         nf_lr=1e-2,
         schedule="cosine",
         solver="tsit5",
-        # exact gradients of the discrete solve: ~10x faster than the backsolve adjoint here
+        # exact gradients of the discrete solve: 3-5x faster per step than backsolve here
         adjoint="checkpoint",
         hyper_width=32,
         t1=1.0,
@@ -183,32 +188,6 @@ def _logsumexp(a):
 # ---------------------------------------------------------------------------------------------
 
 
-def average_units_at_init(cnf: nde.nn.CNF) -> nde.nn.CNF:
-    """Scale the initial ``u_n`` of a planar CNF by ``1/M``.
-
-    ``PlanarCNFField`` sums its ``M`` units, so at initialisation the field (and, over
-    ``t ∈ [0, 10]``, the flow) grows with ``M``; for ``M = 32`` the first samples land far out
-    in the target's tails and training starts unstable and expensive (NFE > 100). The reference
-    code (``torchdiffeq/examples/cnf.py``) averages the units instead. Scaling the
-    hypernetwork's output rows of ``u`` by ``1/M`` gives that initial field while keeping the
-    paper's (and the library's) parametrisation; training is free to grow ``u`` again.
-    """
-    field = cnf.field
-    m, d = field.width, field.dim
-    last = field.hyper.layers[-1]
-    scale = jnp.ones(last.bias.shape, last.bias.dtype).at[m * d : 2 * m * d].set(1.0 / m)
-    new = eqx.tree_at(
-        lambda c: (c.field.hyper.layers[-1].weight, c.field.hyper.layers[-1].bias),
-        cnf,
-        (last.weight * scale[:, None], last.bias * scale),
-    )
-    # guard the output layout: U scaled by 1/M, W, b and the gates unchanged
-    before, after = field.parameters(0.3), new.field.parameters(0.3)
-    for i, factor in enumerate((1.0, 1.0 / m, 1.0, 1.0)):
-        assert np.allclose(after[i], factor * before[i], rtol=1e-5, atol=1e-7), i
-    return new
-
-
 def make_model(kind: str, size: int, cfg: dict[str, Any], key):
     base = nde.nn.StandardNormal(2)
     if kind == "cnf":
@@ -230,26 +209,6 @@ def make_model(kind: str, size: int, cfg: dict[str, Any], key):
     if kind == "nf":
         return nde.nn.PlanarFlow(2, size, base=base, key=key)
     raise ValueError(f"unknown model kind {kind!r}")
-
-
-def cnf_with(model: nde.nn.CNF, **options) -> nde.nn.CNF:
-    """The same CNF (same field and base) with other solver options."""
-    kwargs = dict(
-        base=model.base,
-        t0=model.t0,
-        t1=model.t1,
-        trace=model.trace,
-        noise=model.noise,
-        solver=model.solver,
-        rtol=model.rtol,
-        atol=model.atol,
-        adjoint=model.adjoint,
-        max_steps=model.max_steps,
-        dt0=model.dt0,
-        throw=model.throw,
-    )
-    kwargs.update(options)
-    return nde.nn.CNF(model.field, **kwargs)
 
 
 def sample_and_log_prob(kind, model, key, n):
@@ -275,13 +234,7 @@ def make_loss(kind: str, target: str, batch: int):
 
 def make_optimizer(kind: str, cfg: dict[str, Any]):
     """CNF: Adam; NF: RMSprop (as in the paper); constant or cosine-decayed learning rate."""
-    lr, iters = cfg[f"{kind}_lr"], cfg[f"{kind}_iters"]
-    if cfg["schedule"] == "cosine":  # 5% linear warm-up, then cosine decay to lr/100
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, lr, max(iters // 20, 1), max(iters, 2), end_value=lr / 100
-        )
-    elif cfg["schedule"] != "constant":
-        raise ValueError(f"unknown schedule {cfg['schedule']!r}")
+    lr = C.learning_rate(cfg[f"{kind}_lr"], cfg[f"{kind}_iters"], cfg["schedule"])
     if kind == "cnf":
         return optax.adam(lr)
     return optax.rmsprop(lr, decay=0.9, momentum=0.9)
@@ -343,51 +296,6 @@ def grid_log_density(kind, model, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def check_same_config(run_dir: pathlib.Path, config: dict[str, Any]) -> None:
-    """Refuse to resume a sub-run whose checkpoint was trained with other settings."""
-    path = run_dir / nde.training.CONFIG_NAME
-    if not (run_dir / nde.training.CHECKPOINT_NAME).is_file() or not path.is_file():
-        return
-    stored = json.loads(path.read_text()).get("config") or {}
-    current = json.loads(json.dumps(config, default=repr))
-    # settings the stored run does not know yet (added later) are not compared
-    changed = sorted(k for k in stored if stored[k] != current.get(k))
-    if changed:
-        raise SystemExit(
-            f"{run_dir} holds a checkpoint trained with other settings ({', '.join(changed)}); "
-            "use another --out (or delete the folder) instead of resuming it."
-        )
-
-
-def train_time(metrics_path: pathlib.Path) -> float:
-    """Training wall time from a Trainer's metrics.jsonl; the ``time`` column restarts at every
-    (re)start of ``fit``, so sum the last value of every segment."""
-    total, last = 0.0, 0.0
-    for rec in _read_jsonl(metrics_path):
-        if rec["time"] < last:
-            total += last
-        last = rec["time"]
-    return total + last
-
-
 def run_name(kind: str, size: int) -> str:
     return f"cnf-M{size}" if kind == "cnf" else f"nf-K{size}"
 
@@ -419,11 +327,9 @@ def train_and_evaluate(kind, size, target, cfg, out: pathlib.Path, seed: int, pr
     state = trainer.fit(model, iters)
     eval_path = run_dir / "eval.json"
     eval_settings = {k: cfg[k] for k in ("eval_samples", "eval_rtol", "eval_atol", "plot_grid")}
-    cached = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
     grid_path = run_dir / "density_grid.npy"
-    if cached.get("step") == state.step and cached.get("settings") == eval_settings and (
-        grid_path.is_file()
-    ):
+    cached = C.cached_eval(eval_path, state.step, eval_settings, grid_path)
+    if cached is not None:
         return cached, np.load(grid_path)
     t0 = time.perf_counter()
     res = evaluate(kind, state.model, target, cfg, jax.random.key(10_000 + seed))
@@ -433,7 +339,7 @@ def train_and_evaluate(kind, size, target, cfg, out: pathlib.Path, seed: int, pr
     res["iterations"] = state.step
     record = {"step": state.step, "settings": eval_settings, **res}
     np.save(grid_path, grid)
-    _write_text(eval_path, json.dumps(record, indent=2) + "\n")
+    C.write_json(eval_path, record)
     return record, grid
 
 
@@ -465,11 +371,7 @@ def markdown_table(results, log_z, cfg, preset) -> str:
 
 
 def make_plots(out: pathlib.Path, cfg, log_z, grids) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = C.pyplot()
     plots = []
     targets, sizes = cfg["targets"], cfg["sizes"]
     n = cfg["plot_grid"]
@@ -495,16 +397,13 @@ def make_plots(out: pathlib.Path, cfg, log_z, grids) -> list[str]:
             if c == 0:
                 ax.set_ylabel(target)
     fig.suptitle("Target vs planar NF (K layers) vs planar CNF (M units)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "densities.png", dpi=100)
-    plt.close(fig)
-    plots.append("densities.png")
+    plots.append(C.save_figure(fig, out / "densities.png"))
 
     fig, axes = plt.subplots(1, len(targets), figsize=(4.5 * len(targets), 3.6), squeeze=False)
     for ax, target in zip(axes[0], targets, strict=True):
         for kind, style in (("nf", "--"), ("cnf", "-")):
             for i, size in enumerate(sizes):
-                logs = _read_jsonl(out / target / run_name(kind, size) / nde.training.METRICS_NAME)
+                logs = C.read_jsonl(out / target / run_name(kind, size) / nde.training.METRICS_NAME)
                 if logs:
                     ax.plot(
                         [r["step"] for r in logs],
@@ -517,10 +416,7 @@ def make_plots(out: pathlib.Path, cfg, log_z, grids) -> list[str]:
         ax.set(xlabel="iteration", ylabel="KL(q||p) (batch estimate)", title=target)
         ax.set_yscale("symlog", linthresh=0.1)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "loss_curves.png", dpi=100)
-    plt.close(fig)
-    plots.append("loss_curves.png")
+    plots.append(C.save_figure(fig, out / "loss_curves.png"))
     return plots
 
 
@@ -530,10 +426,7 @@ def make_plots(out: pathlib.Path, cfg, log_z, grids) -> list[str]:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    parser.add_argument("--out", default=None, help="run folder (default runs/<name>-<preset>)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = C.experiment_parser(__doc__.splitlines()[0], PRESETS, EXPERIMENT)
     parser.add_argument("--targets", default=None, help="comma-separated, e.g. u1,u2,u3")
     parser.add_argument("--sizes", default=None, help="comma-separated M = K, e.g. 2,8,32")
     parser.add_argument("--iters", type=int, default=None, help="iterations of both models")
@@ -543,7 +436,6 @@ def parse_args(argv=None):
     parser.add_argument("--schedule", choices=("constant", "cosine"), default=None)
     parser.add_argument("--t1", type=float, default=None, help="CNF integration time [0, t1]")
     parser.add_argument("--adjoint", choices=sorted(ADJOINTS), default=None)
-    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     return parser.parse_args(argv)
 
 
@@ -552,38 +444,33 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     cfg = dict(PRESETS[args.preset])
     if args.targets:
-        cfg["targets"] = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+        cfg["targets"] = tuple(C.comma_list(args.targets))
     if args.sizes:
         cfg["sizes"] = tuple(int(s) for s in args.sizes.split(","))
     if args.iters is not None:
         cfg["cnf_iters"] = cfg["nf_iters"] = args.iters
-    overrides = (
-        ("cnf_lr", args.cnf_lr),
-        ("nf_lr", args.nf_lr),
-        ("batch", args.batch),
-        ("schedule", args.schedule),
-        ("t1", args.t1),
-        ("adjoint", args.adjoint),
+    C.set_given(
+        cfg,
+        cnf_lr=args.cnf_lr,
+        nf_lr=args.nf_lr,
+        batch=args.batch,
+        schedule=args.schedule,
+        t1=args.t1,
+        adjoint=args.adjoint,
     )
-    for name, value in overrides:
-        if value is not None:
-            cfg[name] = value
     for target in cfg["targets"]:
         if target not in nde.datasets.TARGET_NAMES:
             raise SystemExit(f"unknown target {target!r}; choose from {nde.datasets.TARGET_NAMES}")
-    out = pathlib.Path(args.out or f"runs/{EXPERIMENT}-{args.preset}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = C.run_folder(args.out, EXPERIMENT, args.preset)
     config = {
         "experiment": EXPERIMENT,
         "preset": args.preset,
         "seed": args.seed,
         "preset_config": cfg,
         "target_confinement": {"box": BOX, "wall_width": WALL},
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
+        **C.runtime_info(),
     }
-    _write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    C.write_json(out / "config.json", config)
 
     log_z = {t: log_normaliser(t, cfg["norm_grid"]) for t in cfg["targets"]}
     results: dict[str, dict[str, dict[int, dict]]] = {}
@@ -601,14 +488,15 @@ def main(argv=None) -> dict:
                       f"(KL {rec['loss'] + log_z[target]:.4f} ± {rec['loss_se']:.4f})", flush=True)
 
     # all training logs in one file, tagged (rebuilt from the sub-runs)
-    combined = []
-    for target in cfg["targets"]:
-        for size in cfg["sizes"]:
-            for kind in KINDS:
-                path = out / target / run_name(kind, size) / nde.training.METRICS_NAME
-                for rec in _read_jsonl(path):
-                    combined.append({"target": target, "model": kind, "size": size, **rec})
-    _write_text(out / nde.training.METRICS_NAME, "".join(json.dumps(r) + "\n" for r in combined))
+    C.write_combined_metrics(
+        out,
+        (
+            (out / target / run_name(kind, size), {"target": target, "model": kind, "size": size})
+            for target in cfg["targets"]
+            for size in cfg["sizes"]
+            for kind in KINDS
+        ),
+    )
 
     rows, wins, targets_won = [], 0, 0
     metrics: dict[str, Any] = {"log_normaliser": log_z, "final_loss": {}, "kl": {}, "kl_se": {}}
@@ -653,7 +541,7 @@ def main(argv=None) -> dict:
     need = min(2, len(cfg["targets"]))
     metrics["acceptance_cnf_le_nf_on_2_of_3_targets"] = all(v >= need for v in per_size.values())
     table = markdown_table(results, log_z, cfg, args.preset)
-    _write_text(out / "table.md", table)
+    C.write_text(out / "table.md", table)
     plots = make_plots(out, cfg, log_z, grids)
     model_time = sum(r["cnf_train_time_s"] + r["nf_train_time_s"] for r in rows) + sum(
         results[t][k][s]["eval_time_s"] for t in cfg["targets"] for k in KINDS for s in cfg["sizes"]
@@ -679,7 +567,7 @@ def main(argv=None) -> dict:
             "time of all models (summed over resumes), or this invocation's time if larger."
         ),
     }
-    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    C.write_json(out / "summary.json", summary)
     print(table)
     print(f"[{EXPERIMENT}] CNF lower at {wins}/{len(rows)} (target, M=K) pairs; targets with CNF "
           f"lower per M = K: {per_size}. Wrote {out / 'summary.json'}, "

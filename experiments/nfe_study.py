@@ -6,7 +6,8 @@ folder has no trained ODE-Net, one is trained first with mnist.py's same preset 
 
 - (a) NFE vs numerical error across tolerances; the error of the ODE block's output h(1) is
   measured against a tight float64 Dopri8 solve of the same block;
-- (b) forward wall time vs NFE (jitted ODE block, best and median of repeats);
+- (b) forward wall time vs NFE (jitted ODE block, best and median of repeats, timed
+  round-robin over the tolerances);
 - (c) NFE-B vs NFE-F of the adjoint (backward NFE from the stats probe), with and without the
   seminorm; the paper says backward takes roughly half the forward evaluations, independent
   replications measure 0.78-0.86;
@@ -21,10 +22,8 @@ tolerances when the configuration and the checkpoint are unchanged.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
-import os
 import pathlib
 import sys
 import time
@@ -36,6 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import neuralode as nde
+
+if not __package__:  # run as a script or loaded from its file: make the package importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _common as C
 
 EXPERIMENT = "nfe_study"
 
@@ -78,14 +81,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         tolerances=[1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5],
         num_images=128,
         reference_tol=1e-10,
-        timing_repeats=5,
+        timing_repeats=10,
         fast_compile=False,
     ),
     "paper": dict(
         tolerances=[1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5],
         num_images=256,
         reference_tol=1e-10,
-        timing_repeats=10,
+        timing_repeats=20,
         fast_compile=False,
     ),
 }
@@ -120,20 +123,27 @@ def reference_solution(model, h0, tol: float, options=None):
         return np.asarray(h1), int(nfe)
 
 
-def time_forward(block, h0, rtol, atol, repeats: int, options=None):
-    """Wall times (s) of the jitted forward solve of the block, after a warm-up call."""
+def time_forward(block, h0, tols, repeats: int, options=None) -> list[list[float]]:
+    """Wall times (s) of the jitted forward solve of the block at each tolerance.
+
+    The tolerances are timed round-robin, ``repeats`` rounds after a warm-up round, so a
+    change of the machine's load during the measurement hits every tolerance alike.
+    """
     fn = mnist.jit(_block_forward, options)
-    jax.block_until_ready(fn(block, h0, rtol, atol))
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+    args = [(jnp.asarray(tol, jnp.float32),) * 2 for tol in tols]
+    for rtol, atol in args:
         jax.block_until_ready(fn(block, h0, rtol, atol))
-        times.append(time.perf_counter() - t)
+    times: list[list[float]] = [[] for _ in tols]
+    for _ in range(repeats):
+        for i, (rtol, atol) in enumerate(args):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(block, h0, rtol, atol))
+            times[i].append(time.perf_counter() - t)
     return times
 
 
-def measure_tolerance(model, x, y, h0, h_ref, tol: float, repeats: int, options=None) -> dict:
-    """All Figure 3 (a)-(c) quantities at one tolerance (rtol = atol = tol)."""
+def measure_tolerance(model, x, y, h0, h_ref, tol: float, options=None) -> dict:
+    """Figure 3 (a) and (c) quantities at one tolerance (rtol = atol = tol)."""
     rtol = atol = jnp.asarray(tol, jnp.float32)
     fn = mnist.jit(_block_forward, options)
     h1, nfe_f = fn(model.block, h0, rtol, atol)
@@ -148,9 +158,6 @@ def measure_tolerance(model, x, y, h0, h_ref, tol: float, repeats: int, options=
         "error_rel": float(np.linalg.norm(diff) / np.linalg.norm(h_ref)),
         "batch_acc": float(np.mean(np.argmax(np.asarray(logits), -1) == np.asarray(y))),
     }
-    times = time_forward(model.block, h0, rtol, atol, repeats, options)
-    row["time_min_s"] = float(np.min(times))
-    row["time_median_s"] = float(np.median(times))
     for tag, seminorm in (("", True), ("_fullnorm", False)):
         m = mnist.with_block_options(model, adjoint=nde.BacksolveAdjoint(seminorm=seminorm))
         loss, nfe_fb, bstats = mnist.forward_backward_nfe(m, x, y, options, rtol=rtol, atol=atol)
@@ -173,9 +180,9 @@ def _linear_fit(x, y) -> dict[str, float]:
 def training_nfe(from_dir: pathlib.Path) -> dict[str, Any]:
     """Figure 3(d): NFE per logged training step and per evaluated epoch of the mnist run."""
     steps = [
-        r for r in mnist._read_jsonl(from_dir / "odenet" / nde.training.METRICS_NAME) if "nfe" in r
+        r for r in C.read_jsonl(from_dir / "odenet" / nde.training.METRICS_NAME) if "nfe" in r
     ]
-    evals = mnist._read_jsonl(from_dir / "odenet" / "eval.jsonl")
+    evals = C.read_jsonl(from_dir / "odenet" / "eval.jsonl")
     out: dict[str, Any] = {
         "steps": [r["step"] for r in steps],
         "nfe": [r["nfe"] for r in steps],
@@ -202,10 +209,7 @@ def training_nfe(from_dir: pathlib.Path) -> dict[str, Any]:
 
 
 def make_plots(out: pathlib.Path, rows: list[dict], fit: dict, train: dict) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = C.pyplot()
 
     nfe = [r["nfe_f"] for r in rows]
 
@@ -249,17 +253,11 @@ def make_plots(out: pathlib.Path, rows: list[dict], fit: dict, train: dict) -> l
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.3))
     for ax, (_, draw) in zip(axes, panels.values(), strict=True):
         draw(ax)
-    fig.tight_layout()
-    fig.savefig(out / "fig3.png", dpi=100)
-    plt.close(fig)
-    plots.append("fig3.png")
+    plots.append(C.save_figure(fig, out / "fig3.png"))
     for name, draw in panels.values():
         fig, ax = plt.subplots(figsize=(5.2, 4.3))
         draw(ax)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-        plots.append(name)
+        plots.append(C.save_figure(fig, out / name))
     return plots
 
 
@@ -275,14 +273,12 @@ def _has_trained_odenet(run_dir: pathlib.Path) -> bool:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    parser.add_argument("--out", default=None, help="run folder (default runs/nfe_study-<preset>)")
+    parser = C.experiment_parser(
+        __doc__.splitlines()[0], PRESETS, EXPERIMENT, progress_help="hide the tqdm bar"
+    )
     parser.add_argument("--from", dest="from_dir", default=None,
                         help="mnist run folder with a trained ODE-Net "
                         "(default runs/mnist-<preset>)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm bar")
     return parser.parse_args(argv)
 
 
@@ -291,8 +287,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     cfg = dict(PRESETS[args.preset])
     options = mnist.compiler_options(cfg)
-    out = pathlib.Path(args.out or f"runs/{EXPERIMENT}-{args.preset}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = C.run_folder(args.out, EXPERIMENT, args.preset)
 
     from_dir = pathlib.Path(args.from_dir or f"runs/mnist-{args.preset}")
     trained_here = False
@@ -324,9 +319,7 @@ def main(argv=None) -> dict:
         "preset_config": cfg,
         "mnist_config": mcfg,
         "data": {"source": source, "num_images": n},
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
+        **C.runtime_info(),
     }
     # reuse completed rows only if nothing that determines them changed
     previous = {}
@@ -334,9 +327,16 @@ def main(argv=None) -> dict:
     if config_path.is_file():
         old = json.loads(config_path.read_text())
         keys = ("preset_config", "mnist_config", "checkpoint_step", "from", "data")
-        if all(old.get(k) == json.loads(json.dumps(config[k])) for k in keys):
-            previous = {r["tol"]: r for r in mnist._read_jsonl(out / "metrics.jsonl")}
-    config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+        def determining(c):  # timings are redone anyway
+            c = json.loads(json.dumps({k: c.get(k) for k in keys}))
+            c["preset_config"] = {k: v for k, v in (c["preset_config"] or {}).items()
+                                  if k != "timing_repeats"}
+            return c
+
+        if determining(old) == determining(config):
+            previous = {r["tol"]: r for r in C.read_jsonl(out / "metrics.jsonl")}
+    C.write_json(config_path, config)
 
     print(f"[{EXPERIMENT}] ODE-Net from {from_dir} (step {ckpt_step}), {n} test digits as one "
           f"state; reference: float64 Dopri8 at tol {cfg['reference_tol']:g}")
@@ -355,19 +355,25 @@ def main(argv=None) -> dict:
         if tol in previous:
             row = previous[tol]
         else:
-            row = measure_tolerance(model, x, y, h0, h_ref, tol, cfg["timing_repeats"], options)
+            row = measure_tolerance(model, x, y, h0, h_ref, tol, options)
         rows.append(row)
-        mnist._write_jsonl(out / "metrics.jsonl", rows)  # written as it goes: resumable
+        C.write_jsonl(out / "metrics.jsonl", rows)  # written as it goes: resumable
         if bar is not None:
             bar.set_postfix({"tol": f"{tol:g}", "loss": f"{row['loss']:.4g}",
                              "nfe": row["nfe_f"], "nfe_b": row["nfe_b"]}, refresh=False)
             bar.update(1)
         else:
             print(f"  tol {tol:g}: NFE-F {row['nfe_f']}, NFE-B {row['nfe_b']} (full norm "
-                  f"{row['nfe_b_fullnorm']}), error {row['error_rms']:.2e}, "
-                  f"{1e3 * row['time_min_s']:.1f} ms")
+                  f"{row['nfe_b_fullnorm']}), error {row['error_rms']:.2e}")
     if bar is not None:
         bar.close()
+
+    # (b) timings, redone on every invocation (round-robin over the tolerances)
+    times = time_forward(model.block, h0, tols, cfg["timing_repeats"], options)
+    for row, ts in zip(rows, times, strict=True):
+        row["time_min_s"] = float(np.min(ts))
+        row["time_median_s"] = float(np.median(ts))
+    C.write_jsonl(out / "metrics.jsonl", rows)
 
     fit = _linear_fit([r["nfe_f"] for r in rows], [r["time_min_s"] for r in rows])
     fit_median = _linear_fit([r["nfe_f"] for r in rows], [r["time_median_s"] for r in rows])
@@ -446,7 +452,7 @@ def main(argv=None) -> dict:
             "the stats probe of BacksolveAdjoint at the same tolerance as the forward solve."
         ),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    C.write_json(out / "summary.json", summary)
     a, b, c, d = (metrics[k] for k in ("a_nfe_vs_error", "b_time_vs_nfe",
                                        "c_backward_vs_forward", "d_training"))
     print(f"[{EXPERIMENT}] (a) NFE {a['nfe_f']} -> RMS error "

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import ast
 import datetime
-import json
 import os
 import pathlib
 import platform
@@ -34,6 +33,10 @@ import subprocess
 import sys
 import time
 from typing import Any
+
+if not __package__:  # run as a script or loaded from its file: make the package importable
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments._common import cpu_model, load_average, read_json
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = ROOT / "experiments"
@@ -91,7 +94,7 @@ def find_summary(
     """The summary.json of experiment ``name`` at ``preset`` (see the module docstring)."""
 
     def matches(path: pathlib.Path, strict_preset: bool = True) -> bool:
-        s = _load(path)
+        s = read_json(path)
         if not isinstance(s, dict) or s.get("experiment", name) != name:
             return False
         return not strict_preset or s.get("preset", preset) == preset
@@ -110,19 +113,12 @@ def find_summary(
         for path in runs.glob("**/summary.json"):
             if len(path.relative_to(runs).parts) > 4:
                 continue
-            s = _load(path)
+            s = read_json(path)
             if isinstance(s, dict) and s.get("experiment") == name and s.get("preset") == preset:
                 candidates.append(path)
     if candidates:
         return max(candidates, key=lambda p: p.stat().st_mtime)
     return None
-
-
-def _load(path: pathlib.Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,31 +152,22 @@ def run_experiment(name: str, preset: str, folder: pathlib.Path, extra: list[str
 
 
 def machine_info() -> dict[str, Any]:
-    model = platform.processor() or "unknown"
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The machine assembling the report, for its header; unlike the experiments' machine
+    information it does not initialise a JAX backend (the experiments run in subprocesses)."""
     try:
         import jax
 
         jax_version = jax.__version__
     except ImportError:  # pragma: no cover
         jax_version = "not installed"
-    try:
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        load = "unknown"
+    load = load_average()
     return {
         "cpu_count": os.cpu_count(),
-        "cpu_model": model,
+        "cpu_model": cpu_model(),
         "jax": jax_version,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "loadavg": load,
+        "loadavg": "unknown" if load is None else ", ".join(f"{x:.2f}" for x in load),
     }
 
 
@@ -234,13 +221,15 @@ def _duration(seconds: Any) -> str:
 
 
 def _plot_entries(summary: dict) -> list[tuple[str, str]]:
+    captions = summary.get("plot_captions")
+    captions = captions if isinstance(captions, dict) else {}
     entries = []
     for item in summary.get("plots", []) or []:
         if isinstance(item, dict):
             path = item.get("path") or item.get("file")
             caption = item.get("caption") or item.get("title") or ""
         else:
-            path, caption = item, ""
+            path, caption = item, captions.get(item, "")
         if path:
             entries.append((str(path), str(caption)))
     return entries
@@ -294,6 +283,9 @@ def render_experiment(
     if isinstance(summary.get("train_time_total_s"), int | float):
         info.insert(4, ("training time, all parts", _duration(summary["train_time_total_s"])))
     machine = summary.get("machine")
+    if not isinstance(machine, dict):
+        config = read_json(run_dir / "config.json")
+        machine = config.get("machine") if isinstance(config, dict) else None
     if isinstance(machine, dict):
         desc = ", ".join(
             str(x)
@@ -315,11 +307,21 @@ def render_experiment(
     lines += [f"- **{k}**: {v}" for k, v in info]
     lines.append("")
 
+    has_table = False
+    if isinstance(summary.get("table_markdown"), str) and summary["table_markdown"].strip():
+        lines += [summary["table_markdown"].strip(), ""]
+        has_table = True
     for table in summary.get("tables", []) or []:
         if not isinstance(table, dict) or "rows" not in table:
             continue
         lines += [f"**{table.get('title', 'Results')}**", ""]
         lines += md_table(table.get("columns", []), table["rows"]) + [""]
+        has_table = True
+    table = summary.get("table")
+    if not has_table and isinstance(table, list) and table and isinstance(table[0], dict):
+        columns = list(dict.fromkeys(k for row in table for k in row))
+        lines += md_table(columns, [[row.get(c) for c in columns] for row in table]) + [""]
+        has_table = True
 
     metrics = flatten(summary.get("metrics", {}))
     paper = flatten(summary.get("paper", {}))
@@ -328,7 +330,7 @@ def render_experiment(
         lines += ["**Ours beside the paper (same metric keys)**", ""]
         lines += md_table(["quantity", "paper", "ours"], [list(p) for p in paired]) + [""]
     paper_only = [(k, v) for k, v in paper.items() if k not in metrics]
-    if paper_only and not summary.get("tables"):
+    if paper_only and not has_table:
         lines += ["**The paper's numbers**", ""]
         lines += md_table(["quantity", "paper"], [list(p) for p in paper_only]) + [""]
     rest = [(k, v) for k, v in metrics.items() if k not in paper]
@@ -478,7 +480,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         path = find_summary(name, args.preset, out, explicit)
         if name in runs and runs[name]["status"] != "ok":
             path = path if path is not None and path.is_relative_to(out) else None
-        summary = _load(path) if path is not None else None
+        summary = read_json(path) if path is not None else None
         if summary is None and name not in runs:
             print(f"[reproduce] note: no {args.preset} summary.json found for {name}")
         entries.append((name, path, summary, runs.get(name, {})))

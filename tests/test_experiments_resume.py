@@ -12,8 +12,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "spirals.py"
-STEPS = 60
-EVERY = 3
+STEPS = 1000
+EVERY = 10
 
 
 def _records(path: pathlib.Path) -> list[dict]:
@@ -28,7 +28,7 @@ def _records(path: pathlib.Path) -> list[dict]:
 
 def test_sigkill_then_rerun_resumes_from_the_checkpoint(tmp_path):
     out = tmp_path / "run"
-    part = out / "latent_ode_n30"
+    part = out / "rnn_dt_n30"  # the RNN part: the same Trainer, a fraction of the compile time
     cmd = [
         sys.executable,
         str(SCRIPT),
@@ -38,9 +38,9 @@ def test_sigkill_then_rerun_resumes_from_the_checkpoint(tmp_path):
         str(out),
         "--no-progress",
         "--set",
-        "parts=latent_ode",
+        "parts=rnn_dt",
         "--set",
-        f"steps={STEPS}",
+        f"rnn_steps={STEPS}",
         "--set",
         f"checkpoint_every={EVERY}",
         "--set",
@@ -84,6 +84,6 @@ def test_sigkill_then_rerun_resumes_from_the_checkpoint(tmp_path):
     assert after[: len(kept)] == kept
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed"] is True
-    assert summary["tasks"]["latent_ode_n30"]["steps"] == STEPS
+    assert summary["tasks"]["rnn_dt_n30"]["steps"] == STEPS
     timing = json.loads((part / "timing.json").read_text())
     assert timing["invocations"] == 1  # the killed invocation never finished its fit

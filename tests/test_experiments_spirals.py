@@ -62,6 +62,11 @@ def test_rerunning_a_finished_run_trains_nothing_and_gives_the_same_numbers(tmp_
     second = spirals.main(argv)
     assert second["resumed"]
     assert second["metrics"]["rmse"] == first["metrics"]["rmse"]
+    # The run's wall time is that of the invocation that trained; the re-evaluation is
+    # reported on its own.
+    assert second["invocations"] == 2 and second["interrupted_invocations"] == 0
+    assert second["wall_time_s"] == first["wall_time_s"] == first["invocation_time_s"]
+    assert second["invocation_time_s"] > 0
     assert _steps(out / "rnn_dt_n30" / "metrics.jsonl") == list(range(1, 5))
     timing = json.loads((out / "rnn_dt_n30" / "timing.json").read_text())
     assert timing["invocations"] == 1
@@ -155,3 +160,37 @@ def test_smoke_preset_odernn_and_poisson_parts(tmp_path):
     assert math.isfinite(summary["metrics"]["poisson"]["rate_rmse"])
     assert (out / "poisson_rate.png").is_file()
     assert (out / "poisson" / "checkpoint.eqx").is_file()
+
+
+def test_extrapolation_batches_read_n_points_and_score_the_future():
+    import jax
+    import jax.numpy as jnp
+
+    cfg = spirals.resolve_config("smoke", [])
+    assert cfg["objective"] == "extrapolate" and cfg["normalize"]
+    data = spirals.SpiralData(cfg, seed=0, dtype=jnp.float32)
+    # Training windows carry the 100 points after the observed ones; standardised units.
+    assert data.train.ts.shape[0] == cfg["num_points"] + cfg["num_extrapolate"]
+    z = np.asarray(data.norm(data.train.ys)).reshape(-1, 2)
+    np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=1e-4)
+    # one scale for both coordinates (the std of all training values), so shapes are kept
+    np.testing.assert_allclose(data.scale, np.asarray(data.train.ys, np.float64).std(), rtol=1e-6)
+    np.testing.assert_allclose(z.std(), 1.0, rtol=1e-2)
+    np.testing.assert_allclose(data.denorm(data.norm(data.train.ys)), data.train.ys, atol=1e-5)
+
+    n, batch = 30, 5
+    values, times, mask, enc = data.batch_fn(n, batch, True, 0, latent=True)(0, jax.random.key(1))
+    assert values.shape == (batch, n + 100, 2) and times.shape == mask.shape == enc.shape
+    assert bool(mask.all()) and np.all(np.asarray(enc).sum(axis=1) == n)
+    assert not np.asarray(enc)[:, n:].any()  # the encoder never reads the future
+    assert np.all(np.diff(np.asarray(times), axis=1) > 0)
+    np.testing.assert_allclose(times[:, n:], np.broadcast_to(data.train.ts[100:], (batch, 100)))
+    assert float(np.max(np.asarray(times)[:, :n])) <= float(data.train.ts[99])
+    # The future values are rows of the standardised training windows.
+    fut = np.asarray(values[:, n:])
+    windows = np.asarray(data.norm(data.train.ys))[:, 100:]
+    for row in fut:
+        assert np.min(np.abs(windows - row).max(axis=(1, 2))) < 1e-6
+    # The RNN reads the same sequences (values and times, no masks).
+    rnn_batch = data.batch_fn(n, batch, True, 0, latent=False)(0, jax.random.key(1))
+    assert len(rnn_batch) == 2 and rnn_batch[0].shape == (batch, n + 100, 2)

@@ -452,6 +452,9 @@ def test_clear_errors():
         LatentODE(2, encoder="lstm", key=key)
     with pytest.raises(ValueError, match="`obs_std`"):
         LatentODE(2, obs_std=0.0, key=key)
+    with pytest.raises(ValueError, match="`decoder_activation`"):
+        LatentODE(2, decoder_activation="elu", key=key)
+    assert LatentODE(2, decoder_activation=jax.nn.elu, key=key).decoder.activation is jax.nn.elu
     with pytest.raises(ValueError, match="`link`"):
         PoissonProcessLikelihood(2, link="relu", key=key)
     with pytest.raises(ValueError, match="requested times"):

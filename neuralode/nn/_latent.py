@@ -622,7 +622,9 @@ class LatentODE(eqx.Module):
       ``(values, times, mask) -> (mean, logvar)``.
     * Dynamics: ``dz/dt = MLP(z)`` (two hidden layers of ``field_width`` = 20 units, ELU),
       solved by :func:`neuralode.odeint` from ``z0`` at ``t0 = times[0]``.
-    * Decoder: MLP (one hidden layer of ``decoder_width`` = 20 units, ReLU) to ``D``.
+    * Decoder: MLP (one hidden layer of ``decoder_width`` = 20 units, ReLU by default as in
+      the paper's code; a ReLU decoder maps a smooth latent path to a piecewise-linear one,
+      ``decoder_activation=jax.nn.elu`` or ``jnp.tanh`` gives smooth predictions) to ``D``.
     * Likelihood: Gaussian with fixed standard deviation ``obs_std``; with
       ``poisson=True`` the observation times are additionally modelled as events of a
       Poisson process with intensity ``λ(z(t))`` on ``[times[0], times[-1]]`` (the integral
@@ -637,6 +639,7 @@ class LatentODE(eqx.Module):
         hidden_size: Encoder units (paper: 25).
         field_width: Units of the latent dynamics MLP (paper: 20).
         decoder_width: Units of the decoder MLP (paper: 20).
+        decoder_activation: Activation of the decoder's hidden layer (default ``jax.nn.relu``).
         encoder: ``"rnn"``, ``"gru"``, ``"odernn"`` or an encoder module.
         obs_std: Observation noise standard deviation of the likelihood (paper: 0.3).
         poisson: Add the Poisson process likelihood of the observation times.
@@ -681,6 +684,7 @@ class LatentODE(eqx.Module):
         decoder_width: int = 20,
         *,
         encoder: Literal["rnn", "gru", "odernn"] | eqx.Module = "rnn",
+        decoder_activation: Callable[[Array], Array] = jax.nn.relu,
         obs_std: float = 0.3,
         poisson: bool = False,
         solver: AbstractSolver = _DEFAULT_SOLVER,
@@ -737,7 +741,14 @@ class LatentODE(eqx.Module):
             )
         self.encoder = encoder
         self.field = _MLPField(latent_size, field_width, 2, jax.nn.elu, key=k_field)
-        self.decoder = eqx.nn.MLP(latent_size, data_size, decoder_width, 1, key=k_dec)
+        if not callable(decoder_activation):
+            raise ValueError(
+                f"{who}: `decoder_activation` must be callable (e.g. jax.nn.elu), got "
+                f"{decoder_activation!r}."
+            )
+        self.decoder = eqx.nn.MLP(
+            latent_size, data_size, decoder_width, 1, activation=decoder_activation, key=k_dec
+        )
         self.poisson = (
             PoissonProcessLikelihood(latent_size, field_width, key=k_rate) if poisson else None
         )
