@@ -1,0 +1,81 @@
+"""Quick side-by-side gradient timing on the MLP cases: our adjoints against diffrax's two
+fastest, same solver (Tsit5), tolerances and max_steps, plus a FLOP-based lower bound.
+
+A short check for a quiet machine (the full comparison with interleaved rounds is
+``benchmarks/run.py``). Run: ``.venv/bin/python benchmarks/gradient_mlp_check.py [a|b]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import neuralode as nde  # noqa: E402
+
+
+def _time(fn, *args, repeats=7):
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return min(times), float(np.median(times))
+
+
+def main(which: str = "b") -> None:
+    import diffrax
+
+    prob = C.mlp_problem(which)
+    ts = jnp.stack([prob.ts[0], prob.ts[-1]])
+    max_steps = 1024
+
+    def grad_of(run):
+        return jax.jit(jax.grad(lambda y0, a: jnp.sum(run(y0, a)[0][-1] ** 2), argnums=1))
+
+    semi = diffrax.PIDController(rtol=prob.rtol, atol=prob.atol, norm=diffrax.adjoint_rms_seminorm)
+    methods = {
+        "ours BacksolveAdjoint": C.ours_solve(
+            prob.f, prob, nde.Tsit5(), nde.BacksolveAdjoint(), ts=ts, max_steps=max_steps
+        ),
+        "ours CheckpointAdjoint": C.ours_solve(
+            prob.f, prob, nde.Tsit5(), nde.CheckpointAdjoint(), ts=ts, max_steps=max_steps
+        ),
+        "ours CheckpointAdjoint (max_steps=16)": C.ours_solve(
+            prob.f, prob, nde.Tsit5(), nde.CheckpointAdjoint(), ts=ts, max_steps=16
+        ),
+        "diffrax BacksolveAdjoint (seminorm)": C.diffrax_solve(
+            prob.f, prob, "Tsit5", diffrax.BacksolveAdjoint(stepsize_controller=semi), ts=ts,
+            max_steps=max_steps,
+        ),
+        "diffrax RecursiveCheckpointAdjoint": C.diffrax_solve(
+            prob.f, prob, "Tsit5", diffrax.RecursiveCheckpointAdjoint(), ts=ts,
+            max_steps=max_steps,
+        ),
+    }
+    results = {}
+    for name, run in methods.items():
+        results[name] = _time(grad_of(run), prob.y0, prob.args)
+    best = min(v[0] for k, v in results.items() if k.startswith("diffrax"))
+    print(f"{prob.title}: gradient of |y(t1)|^2 w.r.t. the MLP weights, Tsit5, "
+          f"rtol={prob.rtol:g}, atol={prob.atol:g}")
+    for name, (tmin, tmed) in results.items():
+        print(f"  {name:40s} min {tmin * 1e3:8.2f} ms  median {tmed * 1e3:8.2f} ms  "
+              f"min / fastest diffrax min {tmin / best:.2f}")
+    # FLOP floor: one forward evaluation is a matmul chain; a VJP costs about twice that.
+    sizes = (2, 64, 64, 2) if which == "a" else (64, 512, 64)
+    batch = prob.y0.shape[0]
+    flop_eval = sum(2 * batch * m * n for m, n in zip(sizes[:-1], sizes[1:], strict=True))
+    print(f"  one vector-field evaluation: {flop_eval / 1e6:.1f} MFLOP; one VJP about twice that")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "b")
