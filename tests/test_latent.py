@@ -437,6 +437,23 @@ def test_encoder_mask_trains_extrapolation():
 # ---------------------------------------------------------------------------------------------
 
 
+def test_odernn_encoder_honours_throw():
+    """A failed between-observation solve raises with throw=True and gives NaN with False."""
+    times = jnp.array([0.0, 5.0, 10.0])
+    values = jnp.ones((3, 2))
+    kw = dict(hidden_size=4, field_width=4, max_steps=1, key=jax.random.key(0))
+    quiet = ODERNNEncoder(2, 3, throw=False, **kw)
+    mean, logvar = quiet(values, times, None)
+    assert np.all(np.isnan(mean)) and np.all(np.isnan(logvar))
+    with pytest.raises(Exception, match="max_steps"):
+        jax.block_until_ready(ODERNNEncoder(2, 3, **kw)(values, times, None))
+    model = LatentODE(2, 3, 4, 4, 4, encoder="odernn", throw=False, max_steps=1,
+                      key=jax.random.key(1))
+    assert model.encoder.throw is False
+    with pytest.raises(ValueError, match="`throw`"):
+        ODERNNEncoder(2, 3, throw=1, key=jax.random.key(0))
+
+
 def test_clear_errors():
     model = LatentODE(2, 3, hidden_size=4, field_width=4, decoder_width=4, key=jax.random.key(0))
     key, times, values = jax.random.key(1), jnp.linspace(0, 1, 5), jnp.zeros((5, 2))

@@ -49,7 +49,8 @@ class StandardNormal(eqx.Module):
 
     Args:
         dim: Dimension.
-        scale: Standard deviation (the paper's maximum-likelihood recipe uses 0.1).
+        scale: Standard deviation (the paper's maximum-likelihood recipe has covariance
+            ``0.1·I``, i.e. ``scale=0.1 ** 0.5``).
 
     Example:
         ```python

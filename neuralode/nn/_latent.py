@@ -297,6 +297,8 @@ class ODERNNEncoder(eqx.Module):
         field_width: Width of the hidden-state vector field MLP (one hidden layer, tanh).
         solver, rtol, atol, adjoint, max_steps: Settings of the between-observation solves
             (adaptive solvers only; the times are traced).
+        throw: As for :func:`neuralode.odeint`: a failed between-observation solve raises
+            (``True``) or yields NaN (``False``).
         key: PRNG key for the initialisation.
 
     Example:
@@ -317,6 +319,7 @@ class ODERNNEncoder(eqx.Module):
     atol: float = eqx.field(static=True)
     adjoint: AbstractAdjoint = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
+    throw: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -330,6 +333,7 @@ class ODERNNEncoder(eqx.Module):
         atol: float = 1e-4,
         adjoint: AbstractAdjoint = _DEFAULT_ADJOINT,
         max_steps: int = 1024,
+        throw: bool = True,
         key: PRNGKeyArray,
     ):
         who = "ODERNNEncoder"
@@ -342,6 +346,9 @@ class ODERNNEncoder(eqx.Module):
         self.rtol = _check_positive(who, "rtol", rtol)
         self.atol = _check_positive(who, "atol", atol)
         self.max_steps = _check_size(who, "max_steps", max_steps)
+        if not isinstance(throw, bool):
+            raise ValueError(f"{who}: `throw` must be True or False, got {throw!r}.")
+        self.throw = throw
         k_cell, k_field, k_out = jax.random.split(key, 3)
         self.cell = eqx.nn.GRUCell(data_size, hidden_size, key=k_cell)
         self.field = _MLPField(hidden_size, field_width, 1, jnp.tanh, key=k_field)
@@ -375,6 +382,7 @@ class ODERNNEncoder(eqx.Module):
                 atol=self.atol,
                 adjoint=self.adjoint,
                 max_steps=self.max_steps,
+                throw=self.throw,
             )
             h = sol.ys[-1]
             h = jnp.where(obs, self.cell(x, h), h)
@@ -727,6 +735,7 @@ class LatentODE(eqx.Module):
                     atol=atol,
                     adjoint=adjoint,
                     max_steps=max_steps,
+                    throw=throw,
                     key=k_enc,
                 )
             else:

@@ -100,7 +100,8 @@ def planar_cnf(
         width: Number of planar units ``M``.
         hyper_width: Width of the hypernetwork of ``t``.
         base: Base distribution (default ``StandardNormal(dim)``; the paper's
-            maximum-likelihood recipe uses scale 0.1 with ``t1=10``).
+            maximum-likelihood recipe uses the covariance ``0.1·I``, i.e.
+            ``StandardNormal(dim, scale=0.1 ** 0.5)``, with ``t1=10``).
         key: PRNG key of the initialisation.
         **cnf_kwargs: Further :class:`CNF` options (``t0``, ``t1``, ``rtol``, ...).
 
@@ -109,7 +110,8 @@ def planar_cnf(
         import jax
         from neuralode.nn import StandardNormal, planar_cnf
 
-        cnf = planar_cnf(2, 8, base=StandardNormal(2, 0.1), t1=10.0, key=jax.random.key(0))
+        base = StandardNormal(2, scale=0.1**0.5)  # N(0, 0.1 I)
+        cnf = planar_cnf(2, 8, base=base, t1=10.0, key=jax.random.key(0))
         x, logp = cnf.sample_and_log_prob(jax.random.key(1), 16)
         ```
     """
