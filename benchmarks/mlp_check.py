@@ -1,8 +1,9 @@
-"""Quick side-by-side gradient timing on the MLP cases: our adjoints against diffrax's two
-fastest, same solver (Tsit5), tolerances and max_steps, plus a FLOP-based lower bound.
+"""Quick side-by-side timing on the MLP cases: the forward solve (ours against diffrax, Tsit5,
+the benchmark's output times) and the gradient (our adjoints against diffrax's two fastest,
+same solver, tolerances and max_steps), plus a FLOP count.
 
 A short check for a quiet machine (the full comparison with interleaved rounds is
-``benchmarks/run.py``). Run: ``.venv/bin/python benchmarks/gradient_mlp_check.py [a|b]``.
+``benchmarks/run.py``). Run: ``.venv/bin/python benchmarks/mlp_check.py [a|b]``.
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ def main(which: str = "b") -> None:
             max_steps=max_steps,
         ),
     }
+    fwd_ours = C.ours_solve(prob.f, prob, nde.Tsit5())
+    fwd_dfx = C.diffrax_solve(prob.f, prob, "Tsit5")
+    fwd = {
+        name: _time(jax.jit(lambda y0, a, run=run: run(y0, a)[0]), prob.y0, prob.args, repeats=101)
+        for name, run in (("ours Tsit5", fwd_ours), ("diffrax Tsit5", fwd_dfx))
+    }
+    print(f"{prob.title}: forward solve, {len(prob.ts)} output times")
+    for name, (tmin, tmed) in fwd.items():
+        print(f"  {name:40s} min {tmin * 1e3:8.3f} ms  median {tmed * 1e3:8.3f} ms  "
+              f"min / diffrax min {tmin / fwd['diffrax Tsit5'][0]:.3f}")
     results = {}
     for name, run in methods.items():
         results[name] = _time(grad_of(run), prob.y0, prob.args)
