@@ -139,6 +139,27 @@ def test_output_times_do_not_change_the_steps(solver):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_branch_free_and_conditional_output_writing_agree(monkeypatch):
+    """Both ways of writing outputs (select at every step / conditional inner loop) give the
+    same outputs and statistics, for a small and a large state."""
+    import neuralode._integrate as integrate
+
+    def f(t, y, args):
+        return -args * y + jnp.sin(t)
+
+    ts = jnp.array([0.0, 0.3, 1.1, 2.0])
+    for n in (2, 100):  # 8 and 400 output entries: select and conditional by default
+        y0 = jnp.linspace(-1.0, 1.0, n)
+        args = jnp.linspace(0.5, 2.0, n)
+        outs = []
+        for entries in (0, 10**6):  # force the conditional, then the branch-free path
+            monkeypatch.setattr(integrate, "_SELECT_ENTRIES_MAX", entries)
+            sol = nde.odeint(f, y0, ts, args, rtol=1e-8, atol=1e-8)
+            outs.append((np.asarray(sol.ys), {k: int(v) for k, v in sol.stats.items()}))
+        np.testing.assert_allclose(outs[0][0], outs[1][0], rtol=1e-12, atol=1e-14)
+        assert outs[0][1] == outs[1][1]
+
+
 @pytest.mark.parametrize("ts_dtype", [np.float32, np.float64])
 def test_float32_path(ts_dtype):
     y0 = {"x": jnp.array([1.0, 0.5], jnp.float32), "v": jnp.array(0.0, jnp.float32)}
