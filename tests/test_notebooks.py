@@ -9,7 +9,7 @@
   smoke runs are compile-bound, so XLA's backend optimisation level is turned down for them.
 
 To refresh the committed outputs after editing a notebook, execute it in full mode (without
-``NEURALODE_NOTEBOOK_SMOKE``) and save it in place; README.md ("Notebooks") has the command.
+``NEURALODE_NOTEBOOK_SMOKE``) and save it in place; `make notebooks` does it for all of them.
 """
 
 from __future__ import annotations
