@@ -213,6 +213,16 @@ def cached_eval(
     return cached if valid and all(p.is_file() for p in needs) else None
 
 
+def write_summary(
+    out: pathlib.Path, experiment: str, summary: Mapping[str, Any], table: str, plots: Iterable[str]
+) -> None:
+    """Write ``out/summary.json``, print the results table and where everything went."""
+    write_json(out / "summary.json", summary)
+    print(table)
+    print(f"[{experiment}] wrote {out / 'summary.json'}, {out / 'table.md'}, "
+          + ", ".join(str(out / p) for p in plots))
+
+
 def write_combined_metrics(
     out: pathlib.Path, parts: Iterable[tuple[pathlib.Path, Mapping[str, Any]]]
 ) -> None:

@@ -677,10 +677,7 @@ def main(argv=None) -> dict:
             "invocation's time if larger."
         ),
     }
-    C.write_json(out / "summary.json", summary)
-    print(table)
-    print(f"[{EXPERIMENT}] wrote {out / 'summary.json'}, {out / 'table.md'}, "
-          + ", ".join(str(out / p) for p in plots))
+    C.write_summary(out, EXPERIMENT, summary, table, plots)
     return summary
 
 
