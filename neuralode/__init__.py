@@ -14,7 +14,13 @@ Example:
 """
 
 from . import datasets, nn, training
-from ._adjoint import AbstractAdjoint, BacksolveAdjoint, CheckpointAdjoint, InterpolatedAdjoint
+from ._adjoint import (
+    AbstractAdjoint,
+    BacksolveAdjoint,
+    CheckpointAdjoint,
+    ForwardMode,
+    InterpolatedAdjoint,
+)
 from ._controller import PIController
 from ._odeint import odeint
 from ._solution import Result, Solution
@@ -50,6 +56,7 @@ __all__ = [
     "Dopri5",
     "Dopri8",
     "Euler",
+    "ForwardMode",
     "Heun",
     "InterpolatedAdjoint",
     "Midpoint",

@@ -1,111 +1,142 @@
-"""Gradient rules for adaptive solves.
+"""Gradient modes: how the reverse-mode derivative of an adaptive solve is computed.
 
-Three ways to differentiate ``ys = ODESolve(y0, ts, params)`` in reverse mode, each a
-``jax.custom_vjp`` around the forward ``lax.while_loop`` integrator:
+A mode is a small immutable options object; its :meth:`~AbstractAdjoint.backward` maps output
+cotangents ``∂L/∂ys`` to input cotangents (``y0``, ``ts``, the parameters) and the backward
+statistics. ``neuralode._derivatives`` installs it as the transpose of the forward sensitivity,
+which is what makes ``grad``, ``grad(grad)``, ``jvp(grad)`` and ``jax.hessian`` work.
 
-* :class:`BacksolveAdjoint` — the paper's Algorithm 1: the adjoint ODE for ``[z, a, a_θ]`` is
-  solved backwards interval by interval, ``z`` re-integrated backwards from the forward
-  output at each output time. Memory does not grow with the number of steps.
-* :class:`InterpolatedAdjoint` — the same adjoint ODE for ``[a, a_θ]`` with ``z(t)`` read from
-  the forward solve's stored dense output: no reconstruction drift, memory O(steps).
-* :class:`CheckpointAdjoint` — the exact gradient of the discrete forward solver, replaying its
-  accepted steps in reverse with vector-Jacobian products: memory O(steps).
+* :class:`BacksolveAdjoint` — the paper's Algorithm 1: ``[z, a, a_θ]`` solved backwards from
+  ``ts[-1]`` to ``ts[0]`` as one adaptive solve; steps land on every output time, where the
+  cotangent is added to ``a`` and ``z`` restarts from the stored forward output.
+* :class:`InterpolatedAdjoint` — the same adjoint solve for ``[a, a_θ]`` with ``z(t)`` read from
+  the forward solve's dense output, recomputed from bounded checkpoints.
+* :class:`CheckpointAdjoint` — the exact derivative of the discrete forward solve, replaying its
+  steps from bounded checkpoints with vector-Jacobian products.
+* :class:`ForwardMode` — forward sensitivities; reverse mode by materialising the Jacobian.
 
-Gradients with respect to the output times use the identities (valid for the exact flow)
-``dL/dt_i = ⟨∂L/∂y(t_i), f(t_i, y(t_i))⟩`` for ``i ≥ 1`` and ``dL/dt_0 = -⟨a(t_0), f(t_0, y0)⟩``,
-where ``a(t_0)`` is the adjoint arriving at ``t_0``. They equal what the paper's extra channel
-``a_t`` (``da_t/dt = -aᵀ∂f/∂t``) integrates to, without integrating it: ``d(a·f)/dt = a·∂f/∂t``
-along the adjoint, so ``a_t(t) = -a(t)·f(t, z(t))`` exactly.
+Output times are differentiated through the identities ``dL/dt_i = ⟨∂L/∂y(t_i), f(t_i,
+y(t_i))⟩`` (``i >= 1``) and ``dL/dt_0 = -⟨a(t_0), f(t_0, y_0)⟩``, where ``a(t_0)`` is the
+adjoint arriving at ``t_0``: what the paper's extra channel ``a_t`` integrates to, without
+integrating it (``d(a·f)/dt = a·∂f/∂t`` along the adjoint, so ``a_t(t) = -a(t)·f(t, z(t))``).
 
-Backward statistics. Every mode accepts a zero "probe" array (``stats_probe`` of
-:func:`neuralode.odeint`); the backward rule returns the backward solve's
-``[num_steps, num_accepted, num_rejected, nfe]`` as that probe's cotangent, so
-``jax.grad(loss, argnums=...)`` hands them to the caller under ``jit`` without side effects.
+Checkpoints (the exact and interpolated modes). The forward solve keeps at most ``checkpoints``
+step states with online thinning (:class:`~neuralode._integrate.Recorder`): the stride between
+kept steps doubles whenever the record is full, so it ends as the smallest power of two that
+fits the solve. The backward pass walks the record from the end; a kept step whose stride is
+more than one is replayed (the same loop body, the same step-size decisions) into a record of
+the next level, recursively, until the records hold every step. A solve of at most
+``checkpoints`` accepted steps is never replayed; a longer one is replayed about once per extra
+level it needs. The lower levels share as many slots as the top level has, so
+the record never holds more than ``2·checkpoints`` states whatever ``max_steps`` is.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from ._controller import PIController
+from ._controller import rms_norm
+from ._forward import NUM_STATS, Primal, Problem, field, forward, internal, sensitivity
 from ._integrate import (
-    Stats,
-    dense_coeffs,
-    direction_of,
-    eval_dense,
-    extra_stages,
-    integrate_adaptive,
-    rk_stages,
+    ACCEPTED,
+    H,
+    NFE,
+    REJECTED,
+    RESULT,
+    STEPS,
+    T,
+    LoopConfig,
+    LoopState,
+    Recorder,
+    Stops,
+    run,
+    start,
 )
 from ._solution import RESULT_MESSAGES, Result
-from ._solvers import ButcherTableau
+from ._solvers._rk import eval_dense
 
-NUM_STATS = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class SolveConfig:
-    """Static settings of one adaptive solve (hashable)."""
-
-    tab: ButcherTableau
-    controller: PIController
-    max_steps: int
-    throw: bool
-    has_dt0: bool
-
-    def __hash__(self):
-        return hash((id(self.tab), self.controller, self.max_steps, self.throw, self.has_dt0))
-
-    def __eq__(self, other):
-        return (
-            isinstance(other, SolveConfig)
-            and self.tab is other.tab
-            and (self.controller, self.max_steps, self.throw, self.has_dt0)
-            == (other.controller, other.max_steps, other.throw, other.has_dt0)
-        )
+DEFAULT_CHECKPOINTS = 64
 
 
 class AbstractAdjoint:
-    """Base class of the gradient modes of adaptive solves (static configuration)."""
+    """Base class of the gradient modes (immutable, hashable static configuration)."""
 
-    def _validate(self):
+    def recorder(self, cfg) -> Recorder | None:
+        """The step record the forward solve keeps for this mode (``None``: none)."""
+        return None
+
+    def backward(self, problem: Problem, x: Primal, ys, n_acc, result, rec, ct) -> Primal:
+        """Cotangents of ``x`` for the output cotangent ``ct`` (``probe``: backward statistics).
+
+        ``n_acc`` and ``result`` are the forward solve's accepted steps and result code,
+        ``rec`` its step record (:meth:`recorder`).
+        """
+        raise NotImplementedError
+
+    def _check_tolerances(self):
         for name in ("rtol", "atol"):
             value = getattr(self, name, None)
-            if value is not None and not (isinstance(value, int | float) and value > 0):
+            if value is not None and not (
+                isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+            ):
                 raise ValueError(
-                    f"{type(self).__name__}: `{name}` must be a positive number or None "
-                    f"(got {value!r})."
+                    f"{type(self).__name__}: `{name}` must be a positive number or None, got "
+                    f"{value!r}."
                 )
 
-    def solve(self, fn, cfg: SolveConfig, y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-        raise NotImplementedError
+
+def _check_checkpoints(owner: str, value):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(
+            f"{owner}: `checkpoints` must be an int >= 2 (step states kept per level) or None, "
+            f"got {value!r}."
+        )
+
+
+def _slots(checkpoints: int | None) -> int:
+    """Slots per record level: ``checkpoints`` rounded down to a power of two."""
+    c = DEFAULT_CHECKPOINTS if checkpoints is None else checkpoints
+    return 1 << (int(c).bit_length() - 1)
+
+
+def _record_levels(max_steps: int, slots: int) -> tuple[int, int]:
+    """``(levels, lower_slots)``: how deep the record goes below its top level.
+
+    The top level has ``slots`` entries; the ``levels - 1`` lower levels share another
+    ``slots`` entries (``lower_slots`` each, a power of two, at least 2), so the record holds
+    about ``2·slots`` states whatever ``max_steps`` is: a longer solve only means more replays.
+    """
+    levels, lower = 1, slots
+    while slots * lower ** (levels - 1) < max_steps:
+        levels += 1
+        share = max(slots // (levels - 1), 2)
+        lower = 1 << (share.bit_length() - 1)
+    return levels, lower
 
 
 @dataclasses.dataclass(frozen=True)
 class BacksolveAdjoint(AbstractAdjoint):
-    """The continuous adjoint of the paper (Algorithm 1), O(1) memory in the number of steps.
+    """The continuous adjoint of the paper (Algorithm 1): memory independent of the steps.
 
-    The backward pass solves the augmented ODE ``[z, a, a_θ]`` from each output time to the
-    previous one, restarting ``z`` from the stored forward output there (a checkpoint at every
-    output time) and adding ``∂L/∂y(t_i)`` into ``a``.
+    The backward pass solves ``[z, a, a_θ]`` from ``ts[-1]`` to ``ts[0]`` as one adaptive solve.
+    Its steps land on every output time, where ``∂L/∂y(t_i)`` is added to ``a`` and ``z``
+    restarts from the stored forward output (a checkpoint at every output time); step size and
+    controller state carry across output times.
 
     Args:
         seminorm: Leave the parameter channel ``a_θ`` out of the backward error norm
             (Kidger, Chen & Lyons 2021, "Hey, that's not an ODE"): it never feeds back into the
-            dynamics, so controlling its error only costs steps. ``False`` uses the full
-            norm: the larger of the RMS norm of ``[z, a]`` and that of ``a_θ`` (each channel
-            controlled on its own, as torchdiffeq's default adjoint norm that the seminorm
-            paper compares against; one RMS over everything would let thousands of small
-            parameter entries dilute the error of ``[z, a]``). The seminorm's ratio is never
-            larger than the full norm's.
+            dynamics, so controlling its error only costs steps. ``False`` uses the larger of
+            the RMS norms of ``[z, a]`` and of ``a_θ`` (each channel controlled on its own, as
+            torchdiffeq's default adjoint norm; one RMS over everything would let thousands of
+            small parameter entries dilute the error of ``[z, a]``).
         rtol, atol: Tolerances of the backward solve; ``None`` (default) reuses the forward
             ones.
         drift_check: Backward reconstruction of ``z`` can drift away from the forward
@@ -113,10 +144,10 @@ class BacksolveAdjoint(AbstractAdjoint):
             At every output time the reconstructed ``z`` is compared with the stored forward
             value; if their RMS difference, scaled by ``atol + rtol·|y|``, exceeds
             ``drift_check`` the gradient is flagged (an error with ``throw=True``, NaN
-            otherwise). ``None`` disables the check.
+            otherwise, ``Result.drift``). ``None`` disables the check.
 
     Remedies when the drift check fires: add output times (each is a checkpoint), use
-    :class:`InterpolatedAdjoint` or :class:`CheckpointAdjoint`, or tighten the tolerances.
+    :class:`CheckpointAdjoint` or :class:`InterpolatedAdjoint`, or tighten the tolerances.
     """
 
     seminorm: bool = True
@@ -125,214 +156,162 @@ class BacksolveAdjoint(AbstractAdjoint):
     drift_check: float | None = 1e4
 
     def __post_init__(self):
-        self._validate()
-        if self.drift_check is not None and not self.drift_check > 0:
-            raise ValueError("BacksolveAdjoint: `drift_check` must be positive or None.")
+        self._check_tolerances()
+        if self.drift_check is not None and not (
+            isinstance(self.drift_check, int | float) and self.drift_check > 0
+        ):
+            raise ValueError(
+                "BacksolveAdjoint: `drift_check` must be a positive number or None, got "
+                f"{self.drift_check!r}."
+            )
 
-    def solve(self, fn, cfg, y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-        return _backsolve(fn, cfg, self, y0, ts, diff, nondiff, rtol, atol, dt0, probe)
+    def backward(self, problem, x, ys, n_acc, result, rec, ct):
+        return _backsolve(self, problem, x, ys, result, ct)
 
 
 @dataclasses.dataclass(frozen=True)
 class InterpolatedAdjoint(AbstractAdjoint):
     """Continuous adjoint with ``z(t)`` read from the forward solve's dense output.
 
-    The forward pass keeps every accepted step's interpolating polynomial (a buffer of
-    ``max_steps`` steps); the backward pass solves ``[a, a_θ]`` backwards and evaluates
-    ``z(t)`` from that buffer instead of re-integrating it. No reconstruction drift, so it is
-    accurate where :class:`BacksolveAdjoint` is not (problems that contract forward in
-    time); memory ``O(max_steps × state)``.
+    The backward pass solves ``[a, a_θ]`` from ``ts[-1]`` to ``ts[0]`` as one adaptive solve and
+    evaluates ``z(t)`` from the forward steps' interpolants instead of re-integrating it: no
+    reconstruction drift. The interpolants come from a bounded record of forward steps (see the
+    module docstring): memory ``O(checkpoints)``, not ``O(steps)``.
 
     Args:
-        seminorm: As for :class:`BacksolveAdjoint`.
-        rtol, atol: Backward tolerances, default the forward ones.
+        seminorm, rtol, atol: As for :class:`BacksolveAdjoint`.
+        checkpoints: Step states kept per record level (rounded down to a power of two;
+            default 64). More keeps long solves from being replayed, at more memory.
     """
 
     seminorm: bool = True
     rtol: float | None = None
     atol: float | None = None
+    checkpoints: int | None = None
 
     def __post_init__(self):
-        self._validate()
+        self._check_tolerances()
+        _check_checkpoints("InterpolatedAdjoint", self.checkpoints)
 
-    def solve(self, fn, cfg, y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-        return _interpolated(fn, cfg, self, y0, ts, diff, nondiff, rtol, atol, dt0, probe)
+    def recorder(self, cfg):
+        return Recorder(_slots(self.checkpoints), thin=True, dense=True)
+
+    def backward(self, problem, x, ys, n_acc, result, rec, ct):
+        return _interpolated(self, problem, x, ys, n_acc, result, rec, ct)
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointAdjoint(AbstractAdjoint):
     """Exact gradient of the discrete forward solve (discretise-then-optimise).
 
-    The forward pass stores the start of every accepted step (a buffer of ``max_steps``
-    states); the backward pass replays the steps in reverse, taking vector-Jacobian products
-    of each Runge-Kutta step and of the interpolation that produced each output. Step sizes
-    are treated as constants (as every discrete adjoint does). No backward ODE solve, no
-    reconstruction error; memory ``O(max_steps × state)``.
+    The backward pass replays the accepted steps in reverse, taking vector-Jacobian products of
+    each Runge-Kutta step and of the interpolation that produced each output. Step sizes are
+    held fixed (as every discrete adjoint does). No backward ODE solve, no reconstruction
+    error. Step states come from a bounded record (see the module docstring): memory
+    ``O(checkpoints · levels)``, never ``O(max_steps)``; solves longer than ``checkpoints``
+    steps are partly recomputed.
+
+    Args:
+        checkpoints: Step states kept per record level (rounded down to a power of two;
+            default 64). More keeps long solves from being replayed, at more memory.
     """
 
-    def solve(self, fn, cfg, y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-        return _checkpoint(fn, cfg, y0, ts, diff, nondiff, rtol, atol, dt0, probe)
+    checkpoints: int | None = None
+
+    def __post_init__(self):
+        _check_checkpoints("CheckpointAdjoint", self.checkpoints)
+
+    def recorder(self, cfg):
+        return Recorder(_slots(self.checkpoints), thin=True)
+
+    def backward(self, problem, x, ys, n_acc, result, rec, ct):
+        return _checkpoint(self, problem, x, ys, n_acc, result, rec, ct)
 
 
-# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ForwardMode(AbstractAdjoint):
+    """Forward sensitivities: every derivative from the forward-mode solve.
+
+    ``jax.jvp``, ``jax.jacfwd`` and ``jax.linearize`` cost one forward solve plus one tangent
+    propagation per direction (all directions of ``jacfwd`` share the solve); that holds in
+    every mode, this one just never builds a backward solve. Reverse mode (``jax.grad``,
+    ``jax.vjp``) is computed by materialising the Jacobian of the outputs with respect to
+    every input entry (``y0``, ``ts`` and all parameter entries), so it costs one tangent per
+    input entry: use it for models with few parameters, and a reverse mode otherwise.
+    """
+
+    def backward(self, problem, x, ys, n_acc, result, rec, ct):
+        return _forward_mode(problem, x, ys, ct)
+
+
+# ---------------------------------------------------------------------------------------------
 # Shared pieces
 
 
-def _forward(fn, cfg: SolveConfig, y0, ts, params, rtol, atol, dt0, record=None):
-    ys, stats, result, rec = _integrate(fn, cfg, y0, ts, params, rtol, atol, dt0, record)
-    if cfg.throw:
-        ys = eqx.branched_error_if(ys, result != Result.successful, result, RESULT_MESSAGES)
-    return ys, stats, result, rec
+def _tolerances(mode, problem: Problem):
+    dtype = problem.rtol.dtype
+    rtol = problem.rtol if getattr(mode, "rtol", None) is None else jnp.asarray(mode.rtol, dtype)
+    atol = problem.atol if getattr(mode, "atol", None) is None else jnp.asarray(mode.atol, dtype)
+    return rtol, atol
 
 
-def _integrate(fn, cfg: SolveConfig, y0, ts, params, rtol, atol, dt0, record):
-    return integrate_adaptive(
-        fn,
-        y0,
-        ts,
-        params,
-        tab=cfg.tab,
-        controller=cfg.controller,
-        rtol=rtol,
-        atol=atol,
-        dt0=dt0 if cfg.has_dt0 else None,
-        max_steps=cfg.max_steps,
-        record=record,
-    )
-
-
-def _zeros_like_nondiff(nondiff):
-    def zero(x):
-        x = jnp.asarray(x)
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            return jnp.zeros_like(x)
-        return np.zeros(x.shape, jax.dtypes.float0)
-
-    return jax.tree.map(zero, nondiff)
-
-
-def _stats_vector(stats: Stats, dtype):
-    return jnp.stack([jnp.asarray(s, dtype) for s in stats])
-
-
-def _time_grads(fn, ts, ys, ct_ys, a0, params):
-    """``dL/dt_i`` from the output cotangents and the adjoint arriving at ``t_0``."""
-    fs = jax.vmap(lambda t, y: fn(t, y, params))(ts, ys)
-    g = jnp.sum(ct_ys * fs, axis=1)
+def _time_grads(problem: Problem, x: Primal, ys, ct, a0):
+    """``dL/dts`` from the output cotangents and the adjoint ``a0`` arriving at ``ts[0]``."""
+    fs = jax.vmap(lambda t, y: field(problem, x, t, y))(x.ts, ys)
+    g = jnp.sum(ct * fs, axis=1)
     return g.at[0].set(-jnp.dot(a0, fs[0]))
 
 
-# --------------------------------------------------------------------------------------
-# BacksolveAdjoint
+def _stats(st_end: LoopState, st_start: LoopState | None = None):
+    """Backward statistics ``[steps, accepted, rejected, nfe]`` of a loop (as floats)."""
+    idx = jnp.array([STEPS, ACCEPTED, REJECTED, NFE])
+    out = st_end.ints[idx]
+    if st_start is not None:
+        out = out - st_start.ints[idx]
+    return out
 
 
-def _backsolve(fn, cfg, adj, y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-    @functools.partial(jax.custom_vjp)
-    def solve(y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-        ys, stats, result, _ = _forward(fn, cfg, y0, ts, (diff, nondiff), rtol, atol, dt0)
-        return ys, stats, result
-
-    def fwd(y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-        out = solve(y0, ts, diff, nondiff, rtol, atol, dt0, probe)
-        return out, (out[0], ts, diff, nondiff, rtol, atol, dt0, probe)
-
-    def bwd(res, cts):
-        ys, ts, diff, nondiff, rtol, atol, dt0, probe = res
-        ct_ys = cts[0]
-        dtype = ys.dtype
-        n = ys.shape[1]
-        diff_flat, unravel_diff = ravel_pytree(diff)
-        m = diff_flat.shape[0]
-        b_rtol = rtol if adj.rtol is None else jnp.asarray(adj.rtol, dtype)
-        b_atol = atol if adj.atol is None else jnp.asarray(adj.atol, dtype)
-
-        def aug(t, s, p):
-            d, nd = p
-            z, a = s[:n], s[n : 2 * n]
-            fz, vjp = jax.vjp(lambda zz, dd: fn(t, zz, (dd, nd)), z, d)
-            a_z, a_d = vjp(a)
-            return jnp.concatenate([fz, -a_z, -ravel_pytree(a_d)[0]])
-
-        def interval(carry, xs):
-            a, a_d, stats_acc, result = carry
-            t_hi, t_lo, y_hi, y_lo, ct_hi = xs
-            a = a + ct_hi
-            s0 = jnp.concatenate([y_hi, a, jnp.zeros((m,), dtype)])
-            out, stats, res_i, _ = integrate_adaptive(
-                aug,
-                s0,
-                jnp.stack([t_hi, t_lo]),
-                (diff, nondiff),
-                tab=cfg.tab,
-                controller=cfg.controller,
-                rtol=b_rtol,
-                atol=b_atol,
-                dt0=None,
-                max_steps=cfg.max_steps,
-                norm_dims=2 * n if adj.seminorm else None,
-                norm_split=None if adj.seminorm else 2 * n,
-            )
-            s1 = out[1]
-            z_rec = s1[:n]
-            result = jnp.where(result == Result.successful, res_i, result)
-            if adj.drift_check is not None:
-                scale = b_atol + b_rtol * jnp.abs(y_lo)
-                drift = jnp.sqrt(jnp.mean(jnp.square((z_rec - y_lo) / scale)))
-                result = jnp.where(
-                    (result == Result.successful) & ~(drift <= adj.drift_check),
-                    _DRIFT_CODE,
-                    result,
-                )
-            stats_acc = stats_acc + _stats_vector(stats, dtype)
-            return (s1[n : 2 * n], a_d + s1[2 * n :], stats_acc, result), None
-
-        init = (
-            jnp.zeros((n,), dtype),
-            jnp.zeros((m,), dtype),
-            jnp.zeros((NUM_STATS,), dtype),
-            jnp.asarray(Result.successful, jnp.int32),
+def _finish(problem: Problem, x: Primal, ys, ct, skip, a_final, a0, params_bar, bstats,
+            result, hint: str):
+    """Assemble the cotangent of ``x``; failed backward solves give NaN or raise."""
+    g_ts = _time_grads(problem, x, ys, ct, a0)
+    grads = (a_final, g_ts, params_bar)
+    failed = (result != Result.successful) & ~skip
+    if problem.cfg.throw:
+        messages = tuple(
+            "neuralode: the backward (adjoint) solve of the gradient failed. " + m + hint
+            for m in RESULT_MESSAGES
         )
-        xs = (ts[1:], ts[:-1], ys[1:], ys[:-1], ct_ys[1:])
-        xs = jax.tree.map(lambda x: x[::-1], xs)
-        if ts.shape[0] > 1:
-            (a, a_d, bstats, bresult), _ = lax.scan(interval, init, xs)
-        else:
-            a, a_d, bstats, bresult = init
-        g_ts = _time_grads(fn, ts, ys, ct_ys, a, (diff, nondiff))
-        g_y0 = a + ct_ys[0]
-        grads = (g_y0, g_ts, unravel_diff(a_d))
-        grads = _backward_failure_drift(bresult, grads, cfg)
-        g_y0, g_ts, g_diff = grads
-        return (
-            g_y0,
-            g_ts,
-            g_diff,
-            _zeros_like_nondiff(nondiff),
-            jnp.zeros_like(rtol),
-            jnp.zeros_like(atol),
-            jnp.zeros_like(dt0),
-            bstats.astype(probe.dtype),
-        )
-
-    solve.defvjp(fwd, bwd)
-    return solve(y0, ts, diff, nondiff, rtol, atol, dt0, probe)
+        # The check guards every gradient leaf: whichever cotangent the caller uses, a failed
+        # backward solve raises (a check on one leaf alone is dropped when that leaf is unused).
+        grads = eqx.branched_error_if(grads, failed, result, messages)
+    # A sample whose forward solve failed (throw=False) has no gradient: zero if its outputs
+    # are unused (a masked loss), NaN otherwise.
+    used = jnp.any(ct != 0)
+    bad = failed | (skip & used)
+    grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, jnp.where(skip, 0.0, g)), grads)
+    a_final, g_ts, params_bar = grads
+    return Primal(a_final, g_ts, params_bar, bstats.astype(x.probe.dtype))
 
 
-_DRIFT_CODE = len(Result)
-_DRIFT_MESSAGE = (
-    "neuralode.BacksolveAdjoint: the backward re-integration of the state drifted away from "
-    "the forward trajectory (its difference at an output time exceeded `drift_check` times "
-    "the tolerance), so the continuous-adjoint gradient would be wrong. This happens on "
-    "problems that contract forward in time (e.g. Van der Pol, chaotic systems). Use "
-    "`adjoint=nde.InterpolatedAdjoint()` or `nde.CheckpointAdjoint()`, add intermediate "
-    "output times (each one restarts the reconstruction), or tighten rtol/atol."
-)
+def _single_time(problem: Problem, x: Primal, ys, ct, skip):
+    """A solve with one output time: ``ys[0] = y0``, nothing to integrate backwards."""
+    zero_stats = jnp.zeros((NUM_STATS,), jnp.int32)
+    params_bar = jax.tree.map(jnp.zeros_like, x.params)
+    result = jnp.asarray(Result.successful, jnp.int32)
+    return _finish(problem, x, ys, ct, skip, ct[0], jnp.zeros_like(ct[0]), params_bar,
+                   zero_stats, result, "")
+
+
+def _sanitize(ys, skip):
+    """Zeros for a failed forward solve (its backward pass is skipped)."""
+    return jnp.where(skip | ~jnp.isfinite(ys), 0.0, ys)
 
 
 _BACKSOLVE_HINT = (
     " With BacksolveAdjoint this usually means that re-integrating the state backwards in "
     "time is unstable (the problem contracts forward in time, e.g. Van der Pol or a chaotic "
-    "system). Remedies: adjoint=nde.InterpolatedAdjoint() or nde.CheckpointAdjoint() (no "
+    "system). Remedies: adjoint=nde.CheckpointAdjoint() or nde.InterpolatedAdjoint() (no "
     "backward re-integration), or more output times in `ts` (each restarts the state from "
     "the forward solution)."
 )
@@ -342,212 +321,281 @@ _INTERPOLATED_HINT = (
 )
 
 
-def _backward_failure_drift(result, grads, cfg, hint=_BACKSOLVE_HINT):
-    """NaN gradients after a failed backward solve; with ``throw`` a runtime error too."""
-    failed = result != Result.successful
-    if cfg.throw:
-        messages = tuple(
-            "neuralode: the backward (adjoint) solve of the gradient failed. " + m + hint
-            for m in RESULT_MESSAGES
-        ) + (_DRIFT_MESSAGE,)
-        # The check guards every gradient leaf: whichever cotangent the caller uses, a failed
-        # backward solve raises (a check on one leaf alone is dropped when that leaf is unused).
-        grads = eqx.branched_error_if(grads, failed, result, messages)
-    return jax.tree.map(lambda g: jnp.where(failed, jnp.nan, g), grads)
+def _adjoint_config(mode, problem: Problem) -> LoopConfig:
+    cfg = problem.cfg
+    return LoopConfig(cfg.solver, cfg.controller, cfg.max_steps, quad=True,
+                      norm="semi" if mode.seminorm else "mixed")
 
 
-# --------------------------------------------------------------------------------------
-# InterpolatedAdjoint
+def _stop_times(taus):
+    """Backward stops: ``ρ = -τ`` of ``ts[-2], ..., ts[0]`` (increasing)."""
+    return -taus[:-1][::-1]
 
 
-def _interpolated(fn, cfg, adj, y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-    tab = cfg.tab
+# ---------------------------------------------------------------------------------------------
+# BacksolveAdjoint
 
-    @jax.custom_vjp
-    def solve(y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-        ys, stats, result, _ = _forward(fn, cfg, y0, ts, (diff, nondiff), rtol, atol, dt0)
-        return ys, stats, result
 
-    def fwd(y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-        ys, stats, result, rec = _forward(
-            fn, cfg, y0, ts, (diff, nondiff), rtol, atol, dt0, record="dense"
-        )
-        return (ys, stats, result), (ys, rec, ts, diff, nondiff, rtol, atol, dt0, probe)
+def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_result, ct):
+    n_out, n = ys.shape
+    dtype = ys.dtype
+    params_flat, unravel = ravel_pytree(x.params)
+    m = params_flat.shape[0]
+    skip = fwd_result != Result.successful
+    ys = _sanitize(ys, skip)
+    sign, taus, _ = internal(problem, x)
+    rtol, atol = _tolerances(mode, problem)
 
-    def bwd(res, cts):
-        ys, rec, ts, diff, nondiff, rtol, atol, dt0, probe = res
-        ct_ys = cts[0]
-        dtype = ys.dtype
-        n = ys.shape[1]
-        diff_flat, unravel_diff = ravel_pytree(diff)
-        m = diff_flat.shape[0]
-        b_rtol = rtol if adj.rtol is None else jnp.asarray(adj.rtol, dtype)
-        b_atol = atol if adj.atol is None else jnp.asarray(adj.atol, dtype)
-        sign = direction_of(ts)
-        count = rec.count
-        # Padding entries get start time +inf so that searchsorted never selects them.
-        rec_t = jnp.where(jnp.arange(cfg.max_steps) < count, rec.t, jnp.inf)
+    def g(rho, s):
+        # d/dρ = -sign d/dt at t = -sign ρ, for dz/dt = f, da/dt = -a f_z, da_θ/dt = -a f_θ.
+        t = -sign * rho
+        z, a = s[:n], s[n:]
+        fz, vjp = jax.vjp(lambda zz, pp: problem.fn(t, zz, pp, problem.nondiff), z,
+                          x.params)
+        a_z, a_p = vjp(a)
+        return jnp.concatenate([-sign * fz, sign * a_z]), sign * ravel_pytree(a_p)[0]
 
-        def z_of(t):
-            tau = sign * t
-            idx = jnp.clip(jnp.searchsorted(rec_t, tau, side="right") - 1, 0, count - 1)
-            theta = (tau - rec_t[idx]) / rec.h[idx]
-            return eval_dense(rec.y[idx], rec.coeffs[idx], theta)
+    def jump(s, y, q):
+        i = n_out - 2 - s
+        z, a = y[:n], y[n:]
+        result = Result.successful
+        if mode.drift_check is not None:
+            scale = atol + rtol * jnp.abs(ys[i])
+            drift = rms_norm((z - ys[i]) / scale)
+            result = jnp.where(drift <= mode.drift_check, Result.successful, Result.drift)
+        return jnp.concatenate([ys[i], a + ct[i]]), q, result
 
-        def aug(t, s, p):
-            d, nd = p
-            a = s[:n]
-            z = z_of(t)
-            _, vjp = jax.vjp(lambda zz, dd: fn(t, zz, (dd, nd)), z, d)
-            a_z, a_d = vjp(a)
-            return jnp.concatenate([-a_z, -ravel_pytree(a_d)[0]])
+    if n_out == 1:
+        return _single_time(problem, x, ys, ct, skip)
+    rho0 = -taus[-1]
+    rho_end = jnp.where(skip, rho0, -taus[0])
+    lcfg = _adjoint_config(mode, problem)
+    s0 = jnp.concatenate([ys[-1], ct[-1]])
+    st = start(g, lcfg, rho0, rho_end, s0, jnp.zeros((m,), dtype), rtol, atol)
+    st, _, _ = run(g, lcfg, st, rho_end, rtol, atol, stops=Stops(_stop_times(taus), jump))
+    a_final = st.y[n:]
+    return _finish(problem, x, ys, ct, skip, a_final, a_final - ct[0], unravel(st.q),
+                   _stats(st), st.ints[RESULT], _BACKSOLVE_HINT)
 
-        def interval(carry, xs):
-            a, a_d, stats_acc, result = carry
-            t_hi, t_lo, ct_hi = xs
-            a = a + ct_hi
-            s0 = jnp.concatenate([a, jnp.zeros((m,), dtype)])
-            out, stats, res_i, _ = integrate_adaptive(
-                aug,
-                s0,
-                jnp.stack([t_hi, t_lo]),
-                (diff, nondiff),
-                tab=tab,
-                controller=cfg.controller,
-                rtol=b_rtol,
-                atol=b_atol,
-                dt0=None,
-                max_steps=cfg.max_steps,
-                norm_dims=n if adj.seminorm else None,
-                norm_split=None if adj.seminorm else n,
+
+# ---------------------------------------------------------------------------------------------
+# Walking a bounded record backwards (CheckpointAdjoint and InterpolatedAdjoint)
+
+
+def _walk(problem: Problem, x: Primal, n_acc, rec, recorder: Recorder, leaf, carry, bstats):
+    """Process every recorded forward step in reverse time order.
+
+    ``leaf(recorder, buf, level, count, seg_end, carry) -> carry`` handles a record whose
+    entries are consecutive steps (stride one); records with a larger stride are replayed
+    into finer ones first. Returns ``(carry, bstats)`` with the replays' statistics added.
+    """
+    cfg = problem.cfg
+    _, taus, g = internal(problem, x)
+    levels, lower = _record_levels(cfg.max_steps, recorder.slots)
+    child = Recorder(lower, thin=False, dense=recorder.dense)
+    bits = child.bits
+    t_end = taus[-1]
+    lcfg = cfg.loop
+
+    def process(depth, rec_obj, buf, level, count, exp, seg_end, k_base, carry, bstats):
+        leaf_count = jnp.where(exp == 0, count, 0)
+        carry = leaf(rec_obj, buf, level, leaf_count, seg_end, carry)
+        if depth == levels - 1:
+            return carry, bstats
+
+        def body(c):
+            j, carry, bstats, seg_end_j = c
+            st_j, _ = rec_obj.entry(buf, level, j)
+            k_start = k_base + (j << exp)
+            n_seg = jnp.minimum(1 << exp, n_acc - k_start)
+            exp_child = jnp.maximum(exp - bits, 0)
+            k0 = st_j.ints[ACCEPTED]
+            init = child.init(st_j, cfg.solver.dense_degree, level=exp_child, k0=k0)
+            st_end, _, (cbuf, clevel, _) = run(
+                g, lcfg, st_j, t_end, problem.rtol, problem.atol, recorder=child, rec=init,
+                count_end=k0 + n_seg,
             )
-            s1 = out[1]
-            result = jnp.where(result == Result.successful, res_i, result)
-            stats_acc = stats_acc + _stats_vector(stats, dtype)
-            return (s1[:n], a_d + s1[n:], stats_acc, result), None
+            bstats = bstats + _stats(st_end, st_j)
+            c_count = (n_seg + (1 << exp_child) - 1) >> exp_child
+            carry, bstats = process(depth + 1, child, cbuf, clevel, c_count, exp_child,
+                                    seg_end_j, k_start, carry, bstats)
+            return j - 1, carry, bstats, st_j.fs[T]
 
-        init = (
-            jnp.zeros((n,), dtype),
-            jnp.zeros((m,), dtype),
-            jnp.zeros((NUM_STATS,), dtype),
-            jnp.asarray(Result.successful, jnp.int32),
+        first = jnp.where(exp > 0, count - 1, -1)
+        _, carry, bstats, _ = lax.while_loop(
+            lambda c: c[0] >= 0, body, (first, carry, bstats, seg_end)
         )
-        xs = jax.tree.map(lambda x: x[::-1], (ts[1:], ts[:-1], ct_ys[1:]))
-        if ts.shape[0] > 1:
-            (a, a_d, bstats, bresult), _ = lax.scan(interval, init, xs)
-        else:
-            a, a_d, bstats, bresult = init
-        g_ts = _time_grads(fn, ts, ys, ct_ys, a, (diff, nondiff))
-        grads = (a + ct_ys[0], g_ts, unravel_diff(a_d))
-        g_y0, g_ts, g_diff = _backward_failure_drift(bresult, grads, cfg, _INTERPOLATED_HINT)
-        return (
-            g_y0,
-            g_ts,
-            g_diff,
-            _zeros_like_nondiff(nondiff),
-            jnp.zeros_like(rtol),
-            jnp.zeros_like(atol),
-            jnp.zeros_like(dt0),
-            bstats.astype(probe.dtype),
-        )
+        return carry, bstats
 
-    solve.defvjp(fwd, bwd)
-    return solve(y0, ts, diff, nondiff, rtol, atol, dt0, probe)
+    buf, level, _ = rec
+    count = (n_acc + (1 << level) - 1) >> level
+    return process(0, recorder, buf, level, count, level, t_end, jnp.zeros((), jnp.int32),
+                   carry, bstats)
 
 
-# --------------------------------------------------------------------------------------
+def _step_size(st: LoopState, t_end):
+    """The size of the accepted step that starts from recorded state ``st``."""
+    t, h = st.fs[T], st.fs[H]
+    return jnp.where(h >= t_end - t, t_end - t, h)
+
+
+# ---------------------------------------------------------------------------------------------
 # CheckpointAdjoint
 
 
-def _checkpoint(fn, cfg, y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-    tab = cfg.tab
+def _checkpoint(mode: CheckpointAdjoint, problem: Problem, x: Primal, ys, n_acc, fwd_result,
+                rec, ct):
+    cfg = problem.cfg
+    solver = cfg.solver
+    n_out, n = ys.shape
+    dtype = ys.dtype
+    skip = fwd_result != Result.successful
+    ys = _sanitize(ys, skip)
+    n_acc = jnp.where(skip, 0, n_acc)
+    sign, taus, _ = internal(problem, x)
+    t_end = taus[-1]
+    # One backward evaluation = one stage recomputed together with its VJP.
+    nfe_per_step = solver.tableau.num_stages + (0 if solver.tableau.fsal else 1)
+    nfe_per_step += solver.tableau.num_extra
 
-    @jax.custom_vjp
-    def solve(y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-        ys, stats, result, _ = _forward(fn, cfg, y0, ts, (diff, nondiff), rtol, atol, dt0)
-        return ys, stats, result
+    def step_map(y, params, t, h):
+        def g(tau, yy):
+            return sign * problem.fn(sign * tau, yy, params, problem.nondiff)
 
-    def fwd(y0, ts, diff, nondiff, rtol, atol, dt0, probe):
-        ys, stats, result, rec = _forward(
-            fn, cfg, y0, ts, (diff, nondiff), rtol, atol, dt0, record="steps"
-        )
-        return (ys, stats, result), (ys, rec, ts, diff, nondiff, rtol, atol, dt0, probe)
+        f0 = g(t, y)
+        res = solver.step(g, t, y, f0, h, t_end)
+        coeffs, _ = solver.dense(g, t, y, h, res, t_end)
+        return res.y1, coeffs
 
-    def bwd(res, cts):
-        ys, rec, ts, diff, nondiff, rtol, atol, dt0, probe = res
-        ct_ys = cts[0]
-        dtype = ys.dtype
-        n_out = ts.shape[0]
-        sign = direction_of(ts)
-        taus = sign * ts
+    def leaf(rec_obj, buf, level, count, seg_end, carry):
+        def body(c):
+            j, (a, a_p, j_out, nsteps) = c
+            st_j, _ = rec_obj.entry(buf, level, j)
+            t, y = st_j.fs[T], st_j.y
+            h = _step_size(st_j, t_end)
 
-        def step(y, d, t, h):
-            """One accepted step in internal time: returns (y1, dense coefficients)."""
+            def more(cc):
+                jo, _, _ = cc
+                return (jo >= 1) & (taus[jnp.maximum(jo, 0)] > t)
 
-            def g(tt, yy):
-                return sign * fn(sign * tt, yy, (d, nondiff))
+            def gather(cc):
+                jo, ct_c, ct_y = cc
+                theta = (taus[jo] - t) / h
+                powers = theta ** jnp.arange(1, solver.dense_degree + 1, dtype=dtype)
+                return jo - 1, ct_c + powers[:, None] * ct[jo][None, :], ct_y + ct[jo]
 
-            t_end = taus[-1]
-            f0 = g(t, y)
-            y1, ks = rk_stages(g, tab, t, y, f0, h, t_hi=t_end)
-            full = list(ks)
-            if not tab.fsal:
-                full.append(g(jnp.minimum(t + h, t_end), y1))
-            full = extra_stages(g, tab, t, y, h, full, t_hi=t_end)
-            return y1, dense_coeffs(tab, h, full)
+            ct_c0 = jnp.zeros((solver.dense_degree, n), dtype)
+            j_out, ct_c, ct_y = lax.while_loop(more, gather, (j_out, ct_c0, jnp.zeros_like(y)))
+            _, vjp = jax.vjp(lambda yy, pp: step_map(yy, pp, t, h), y, x.params)
+            g_y, g_p = vjp((a, ct_c))
+            a_p = jax.tree.map(jnp.add, a_p, g_p)
+            return j - 1, (g_y + ct_y, a_p, j_out, nsteps + 1)
 
-        s = tab.num_stages
-        # One backward evaluation = one stage recomputed together with its VJP.
-        nfe_per_step = s + (0 if tab.fsal else 1) + tab.num_extra
+        _, carry = lax.while_loop(lambda c: c[0] >= 0, body, (count - 1, carry))
+        return carry
 
-        def body(carry):
-            k, j, a, a_d, ct_out = carry
-            # ``k``: accepted step being replayed (descending), ``j``: highest output index
-            # not yet assigned to a step. Outputs with taus[j] > t_k belong to step k.
-            t, h, y = rec.t[k], rec.h[k], rec.y[k]
+    carry = (jnp.zeros((n,), dtype), jax.tree.map(jnp.zeros_like, x.params),
+             jnp.asarray(n_out - 1, jnp.int32), jnp.zeros((), jnp.int32))
+    bstats = jnp.zeros((NUM_STATS,), jnp.int32)
+    if n_out > 1:
+        (a, a_p, _, nsteps), bstats = _walk(problem, x, n_acc, rec, mode.recorder(cfg), leaf,
+                                            carry, bstats)
+    else:
+        a, a_p, _, nsteps = carry
+    bstats = bstats + jnp.stack([nsteps, nsteps, 0 * nsteps, nsteps * nfe_per_step])
+    result = jnp.asarray(Result.successful, jnp.int32)
+    return _finish(problem, x, ys, ct, skip, a + ct[0], a, a_p, bstats, result, "")
 
-            def gather(c):
-                j, ct_c, ct_y = c
-                theta = (taus[j] - t) / h
-                powers = theta ** jnp.arange(1, tab.interp.shape[1] + 1, dtype=dtype)
-                ct_c = ct_c + powers[:, None] * ct_ys[j][None, :]
-                return j - 1, ct_c, ct_y + ct_ys[j]
 
-            def more(c):
-                j, _, _ = c
-                return (j >= 1) & (taus[jnp.maximum(j, 0)] > t)
+# ---------------------------------------------------------------------------------------------
+# InterpolatedAdjoint
 
-            ct_c0 = jnp.zeros((tab.interp.shape[1], y.shape[0]), dtype)
-            j, ct_c, ct_y_direct = lax.while_loop(more, gather, (j, ct_c0, jnp.zeros_like(y)))
-            _, vjp = jax.vjp(lambda yy, dd: step(yy, dd, t, h), y, diff)
-            g_y, g_d = vjp((a, ct_c))
-            a_d = jax.tree.map(jnp.add, a_d, g_d)
-            return k - 1, j, g_y + ct_y_direct, a_d, ct_out
 
-        def cond(carry):
-            return carry[0] >= 0
+def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_acc, fwd_result,
+                  rec, ct):
+    cfg = problem.cfg
+    n_out, n = ys.shape
+    dtype = ys.dtype
+    params_flat, unravel = ravel_pytree(x.params)
+    m = params_flat.shape[0]
+    skip = fwd_result != Result.successful
+    ys = _sanitize(ys, skip)
+    n_acc = jnp.where(skip, 0, n_acc)
+    sign, taus, _ = internal(problem, x)
+    t_end = taus[-1]
+    rtol, atol = _tolerances(mode, problem)
+    lcfg = _adjoint_config(mode, problem)
+    stops_taus = _stop_times(taus)
 
-        a0 = jnp.zeros_like(ys[0])
-        ad0 = jax.tree.map(jnp.zeros_like, diff)
-        init = (rec.count - 1, jnp.asarray(n_out - 1, jnp.int32), a0, ad0, None)
-        if n_out > 1:
-            _, _, a, a_d, _ = lax.while_loop(cond, body, init)
-        else:
-            a, a_d = a0, ad0
-        g_ts = _time_grads(fn, ts, ys, ct_ys, a, (diff, nondiff))
-        bstats = jnp.stack(
-            [rec.count, rec.count, jnp.zeros_like(rec.count), rec.count * nfe_per_step]
-        ).astype(probe.dtype)
-        return (
-            a + ct_ys[0],
-            g_ts,
-            a_d,
-            _zeros_like_nondiff(nondiff),
-            jnp.zeros_like(rtol),
-            jnp.zeros_like(atol),
-            jnp.zeros_like(dt0),
-            bstats,
-        )
+    def make_g(z_of):
+        def g(rho, a):
+            # z(τ) at τ = -ρ; real time t = sign τ. d/dρ = -sign d/dt.
+            t = -sign * rho
+            z = z_of(-rho)
+            _, vjp = jax.vjp(lambda zz, pp: problem.fn(t, zz, pp, problem.nondiff), z,
+                             x.params)
+            a_z, a_p = vjp(a)
+            return sign * a_z, sign * ravel_pytree(a_p)[0]
 
-    solve.defvjp(fwd, bwd)
-    return solve(y0, ts, diff, nondiff, rtol, atol, dt0, probe)
+        return g
+
+    def jump(s, y, q):
+        return y + ct[n_out - 2 - s], q, jnp.asarray(Result.successful, jnp.int32)
+
+    stops = Stops(stops_taus, jump)
+
+    def leaf(rec_obj, buf, level, count, seg_end, carry):
+        st_adj, = carry
+        slots = rec_obj.slots
+        valid = jnp.arange(slots) < count
+        ts_buf = jnp.where(valid, buf["fs"][:, T], jnp.inf)
+        t_first = buf["fs"][0, T]
+
+        def z_of(tau):
+            j = jnp.clip(jnp.sum(ts_buf <= tau) - 1, 0, jnp.maximum(count - 1, 0))
+            st_j = LoopState(buf["y"][j], buf["f"][j], None, buf["fs"][j], buf["ints"][j])
+            h = _step_size(st_j, t_end)
+            theta = jnp.clip((tau - st_j.fs[T]) / h, 0.0, 1.0)
+            return eval_dense(buf["y"][j], buf["c"][j], theta)
+
+        rho_to = jnp.where(count > 0, -t_first, st_adj.fs[T])
+        st_adj, _, _ = run(make_g(z_of), lcfg, st_adj, rho_to, rtol, atol, stops=stops)
+        return (st_adj,)
+
+    if n_out == 1:
+        return _single_time(problem, x, ys, ct, skip)
+    rho0 = -taus[-1]
+    # The first step size is chosen with z frozen at ys[-1] (its second evaluation only guides
+    # the guess; the derivative at ρ0 itself is exact there).
+    g0 = make_g(lambda tau: ys[-1])
+    rho_end = jnp.where(skip, rho0, -taus[0])
+    st0 = start(g0, lcfg, rho0, rho_end, ct[-1], jnp.zeros((m,), dtype), rtol, atol)
+    bstats = jnp.zeros((NUM_STATS,), jnp.int32)
+    (st,), bstats = _walk(problem, x, n_acc, rec, mode.recorder(cfg), leaf, (st0,), bstats)
+    bstats = bstats + _stats(st)
+    return _finish(problem, x, ys, ct, skip, st.y, st.y - ct[0], unravel(st.q), bstats,
+                   st.ints[RESULT], _INTERPOLATED_HINT)
+
+
+# ---------------------------------------------------------------------------------------------
+# ForwardMode
+
+
+def _forward_mode(problem: Problem, x: Primal, ys, ct):
+    """``J^T ct`` with ``J`` materialised column by column from forward sensitivities."""
+    diff = Primal(x.y0, x.ts, x.params, jnp.zeros_like(x.probe))
+    flat, unravel = ravel_pytree(diff)
+    basis = jnp.eye(flat.shape[0], dtype=flat.dtype)
+    jac, stats = jax.vmap(lambda e: sensitivity(problem, x, ys, unravel(e), with_stats=True))(
+        basis
+    )
+    g = unravel(jnp.tensordot(jac, ct, axes=ct.ndim))
+    return Primal(g.y0, g.ts, g.params, stats[0].astype(x.probe.dtype))
+
+
+def backward_from_scratch(problem: Problem, x: Primal, ct):
+    """The mode's backward pass with the forward solve recomputed from ``x`` (differentiable
+    in forward mode: the second derivatives are built from it)."""
+    mode = problem.cfg.adjoint
+    ys, st, rec = forward(problem, x, mode.recorder(problem.cfg))
+    return mode.backward(problem, x, ys, st.ints[ACCEPTED], st.ints[RESULT], rec, ct)

@@ -1,27 +1,37 @@
-"""The pure integrators: flat state in, outputs at ``ts`` and statistics out.
+"""The adaptive integration loop: one ``lax.while_loop`` for every solve neuralode makes.
 
-Everything here works on one flat 1-D state array ``y`` and a vector field
-``fn(t, y, params) -> dy/dt`` on flat arrays; ``neuralode._odeint`` does the pytree
-bookkeeping. Two integrators:
+Everything here works on flat 1-D arrays in *internal time* ``τ``, which always increases: a
+solve of decreasing ``ts`` (or an adjoint solve running backwards) maps time through a sign
+before calling :func:`run` (``neuralode._odeint`` and ``neuralode._adjoint`` do that).
 
-* :func:`integrate_adaptive`: an embedded Runge-Kutta pair inside one ``lax.while_loop``.
-  Steps are not clipped to the output times; outputs come from each step's dense
-  interpolant (an inner ``while_loop`` writes every output time that falls in an accepted
-  step). Only the last step is clipped so that ``f`` is never evaluated past the final time.
-* :func:`integrate_fixed`: a fixed-step method as nested ``lax.scan`` over output intervals
-  and sub-steps, differentiable by plain reverse-mode autodiff (the paper's RK-Net).
+One loop serves four purposes, switched on statically:
 
-Both integrate in the direction of ``ts``: for decreasing ``ts`` they solve the mirrored
-problem ``ds/dτ = -f(-τ, s)`` forwards, a runtime sign, so direction never recompiles.
+* the forward solve: dense output at the output times, optionally a bounded record of step
+  checkpoints (:class:`Recorder`) for the exact and interpolated adjoints;
+* the replay of a recorded segment (same body, same decisions, a finer record);
+* the adjoint solves: a quadrature channel (the parameter adjoint), *stops* at the output
+  times, where the step lands exactly and a *jump* changes the state (the output cotangent
+  is added, the reconstructed state is reset);
+* the forward sensitivity (the same forward solve under ``jax.jvp``).
+
+Step-size decisions never carry derivatives (``lax.stop_gradient``): derivatives of a solve are
+those of the discrete method with its steps held fixed.
+
+The loop state is packed into a few arrays with named slots (each array of the carry costs its
+own update kernel per step, which dominates the step cost of small systems on CPU).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import Array, Float, Int
 
 from ._controller import (
     PIController,
@@ -33,403 +43,471 @@ from ._controller import (
     step_factor,
 )
 from ._solution import Result
-from ._solvers import ButcherTableau
+from ._solvers import AbstractAdaptiveSolver
+from ._solvers._rk import eval_dense
+from ._solvers._step import StepResult
+
+# Float slots of LoopState.fs.
+T = 0  # current time
+H = 1  # size of the next attempt (the controller's proposal)
+PREV = 2  # error ratio of the previous accepted step (PI memory; 1 before the first step)
+NUM_FLOAT = 3
+
+# Int slots of LoopState.ints.
+STEPS = 0  # attempted steps
+ACCEPTED = 1
+REJECTED = 2
+NFE = 3  # vector-field evaluations
+NJEV = 4  # Jacobian evaluations (implicit methods)
+NLIN = 5  # linear solves (implicit methods)
+RESULT = 6  # a Result code
+REJ_LAST = 7  # 1 if the previous attempt was rejected
+NONFINITE = 8  # 1 once any attempt produced a non-finite error estimate
+NEXT = 9  # next output index (forward) or next stop index (adjoint)
+NUM_INT = 10
+
+STAT_SLOTS = (STEPS, ACCEPTED, REJECTED, NFE, NJEV, NLIN)
 
 # Up to this many output times (and output entries, times x state size), every accepted step
 # evaluates its interpolant at all of them and selects (no branch, no inner loop): cheaper for
-# small states, where a conditional costs more than the arithmetic (Van der Pol, Lorenz: 4-7%
-# per solve). Beyond, a conditional inner loop visits only the output times inside the step
-# (cheaper for large states: 4% on a 512-entry MLP state with two output times).
+# small states, where a conditional costs more than the arithmetic. Beyond, a conditional inner
+# loop visits only the output times inside the step.
 _SELECT_OUTPUTS_MAX = 8
 _SELECT_ENTRIES_MAX = 256
 
 
-def _combine(base, h, coeffs, ks):
-    """``base + h Σ_j coeffs[j] ks[j]`` skipping zero coefficients (unrolled, fused by XLA)."""
-    acc = None
-    for cj, kj in zip(coeffs, ks, strict=False):
-        if cj == 0.0:
-            continue
-        term = kj if cj == 1.0 else float(cj) * kj
-        acc = term if acc is None else acc + term
-    if acc is None:
-        return base
-    return acc * h if base is None else base + h * acc
+class LoopState(NamedTuple):
+    """What the loop carries from step to step (and what a checkpoint stores).
 
-
-def _stage_time(t, c, h, t_lo, t_hi):
-    """``t + c h``, clamped to ``[t_lo, t_hi]`` when given (rounding can overshoot an ulp)."""
-    tc = t + float(c) * h
-    if t_hi is not None:
-        tc = jnp.minimum(tc, t_hi)
-    if t_lo is not None:
-        tc = jnp.maximum(tc, t_lo)
-    return tc
-
-
-def rk_stages(fn, tab: ButcherTableau, t, y, f0, h, t_lo=None, t_hi=None):
-    """One explicit Runge-Kutta step from ``(t, y)`` with first stage ``f0``.
-
-    Stage times are clamped to ``[t_lo, t_hi]`` when given, so that ``fn`` is never evaluated
-    outside the integration interval, even by an ulp. Returns ``(y1, ks)`` where ``ks`` is the
-    list of the ``s`` tableau stages.
+    Attributes:
+        y: State, shape ``(n,)``.
+        f: ``g(t, y)``: an array ``(n,)``, or ``(dy, dq)`` with a quadrature channel.
+        q: Quadrature channel ``(m,)`` or ``None``.
+        fs: Float slots ``[T, H, PREV]``.
+        ints: Int32 slots ``[STEPS, ..., NEXT]``.
     """
-    ks = [f0]
-    for i in range(1, tab.num_stages):
-        yi = _combine(y, h, tab.a[i, :i], ks)
-        ks.append(fn(_stage_time(t, tab.c[i], h, t_lo, t_hi), yi))
-    y1 = _combine(y, h, tab.b, ks)
-    return y1, ks
+
+    y: Float[Array, " n"]
+    f: Any
+    q: Float[Array, " m"] | None
+    fs: Float[Array, " 3"]
+    ints: Int[Array, " 10"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Static settings of one loop.
+
+    Attributes:
+        solver: The adaptive solver.
+        controller: Step-size controller settings.
+        max_steps: Limit on attempted steps (counted from the state the loop starts with).
+        quad: Whether ``g`` returns ``(dy, dq)`` (a quadrature channel).
+        norm: How the quadrature channel enters the error: ``"semi"`` (not at all: a
+            seminorm) or ``"mixed"`` (the larger of the RMS norms of ``y`` and ``q``).
+    """
+
+    solver: AbstractAdaptiveSolver
+    controller: PIController
+    max_steps: int
+    quad: bool = False
+    norm: str = "semi"
+
+
+def _head(f, quad: bool):
+    return f[0] if quad else f
+
+
+# ---------------------------------------------------------------------------------------------
+# Error norm
 
 
 def error_ratio(
-    tab: ButcherTableau, ks, h, y0, y1, rtol, atol, norm_dims=None, poison=None, norm_split=None
+    res: StepResult, y, y1, q, q1, rtol, atol, cfg: LoopConfig
+) -> Float[Array, ""]:
+    """Scaled RMS error estimate of an attempted step (``<= 1`` means accept).
+
+    A non-finite new state makes the ratio NaN (``0 · x`` is NaN exactly for non-finite ``x``),
+    in the same reduction, so such a step is rejected.
+    """
+    scale = error_scale(y, y1, rtol, atol)
+    scaled = res.err / scale + 0.0 * y1
+    if q1 is not None:
+        scaled = scaled + 0.0 * jnp.sum(q1)
+    ratio = rms_norm(scaled)
+    if res.err2 is not None:
+        # Hairer's DOP853 combination of the 5th and 3rd order estimates.
+        e3 = rms_norm(res.err2 / scale)
+        denom = jnp.sqrt(ratio * ratio + 0.01 * e3 * e3)
+        ratio = ratio * ratio / jnp.where(denom == 0, 1.0, denom)
+    if cfg.quad and cfg.norm == "mixed" and res.q_err is not None and q.shape[0] > 0:
+        ratio_q = rms_norm(res.q_err / error_scale(q, q1, rtol, atol))
+        ratio = jnp.maximum(ratio, ratio_q)  # NaN in either propagates
+    return ratio
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting a loop
+
+
+def start(
+    g: Callable,
+    cfg: LoopConfig,
+    t0,
+    t_end,
+    y0: Array,
+    q0: Array | None,
+    rtol,
+    atol,
+    h0=None,
+) -> LoopState:
+    """The loop state at ``t0``: evaluates ``g`` once (twice for the automatic first step)."""
+    dtype = y0.dtype
+    f0 = g(t0, y0)
+    nfe = 1
+    if h0 is None:
+        h0 = initial_step(
+            lambda t, y: _head(g(t, y), cfg.quad), t0, y0, _head(f0, cfg.quad), t_end,
+            cfg.solver.error_order, rtol, atol,
+        )
+        nfe += 1
+    else:
+        h0 = jnp.minimum(jnp.abs(jnp.asarray(h0, dtype)), t_end - t0)
+    h0 = lax.stop_gradient(jnp.minimum(h0, dtmax_value(cfg.controller)))
+    head = _head(f0, cfg.quad)
+    ok = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(head))
+    result = jnp.where(ok, Result.successful, Result.nonfinite)
+    ints = jnp.zeros((NUM_INT,), jnp.int32).at[NFE].set(nfe).at[RESULT].set(result)
+    fs = jnp.stack([jnp.asarray(t0, dtype), jnp.asarray(h0, dtype), jnp.ones((), dtype)])
+    return LoopState(y0, f0, q0, fs, ints)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output writing (forward solves)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """Dense output at the (internal, increasing) times ``taus`` (the first is the start)."""
+
+    taus: Array
+
+    def init(self, y0):
+        n_out = self.taus.shape[0]
+        return jnp.full((n_out, y0.shape[0]), jnp.nan, y0.dtype).at[0].set(y0)
+
+    def write(self, g, cfg: LoopConfig, ys, i_out, t, y, h, t1, y1, res, accepted, t_end):
+        """Write the outputs inside an accepted step ``(t, t1]``: returns ``ys, i_out, nfe``."""
+        taus = self.taus
+        n_out = taus.shape[0]
+        solver = cfg.solver
+        zero = jnp.zeros((), jnp.int32)
+        if (
+            not solver.dense_costs_evaluations
+            and n_out <= _SELECT_OUTPUTS_MAX
+            and n_out * y.shape[0] <= _SELECT_ENTRIES_MAX
+        ):
+            coeffs, _ = solver.dense(g, t, y, h, res, t_end, cfg.quad)
+            inside = accepted & (taus > t) & (taus <= t1)
+            theta = jnp.where(inside, (taus - t) / h, 0.0)
+            vals = eval_dense(y[None, :], coeffs[:, None, :], theta[:, None])
+            vals = jnp.where((taus == t1)[:, None], y1[None, :], vals)
+            ys = jnp.where(inside[:, None], vals, ys)
+            return ys, i_out + jnp.sum(inside, dtype=i_out.dtype), zero
+
+        def write(carry):
+            i_out, ys = carry
+            coeffs, extra = solver.dense(g, t, y, h, res, t_end, cfg.quad)
+
+            def more(c):
+                i, _ = c
+                return (i < n_out) & (taus[jnp.minimum(i, n_out - 1)] <= t1)
+
+            def one(c):
+                i, ys = c
+                theta = (taus[i] - t) / h
+                yi = jnp.where(taus[i] == t1, y1, eval_dense(y, coeffs, theta))
+                return i + 1, ys.at[i].set(yi)
+
+            i_out, ys = lax.while_loop(more, one, (i_out, ys))
+            return i_out, ys, jnp.asarray(extra, jnp.int32)
+
+        has = accepted & (i_out < n_out) & (taus[jnp.minimum(i_out, n_out - 1)] <= t1)
+        i_out, ys, extra = lax.cond(has, write, lambda c: (*c, zero), (i_out, ys))
+        return ys, i_out, extra
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded step checkpoints
+
+
+def rotate_left(j, r, bits: int):
+    """Rotate the ``bits``-bit integer ``j`` left by ``r`` (``0 <= r < bits``)."""
+    if bits == 0:
+        return j
+    mask = (1 << bits) - 1
+    return ((j << r) | (j >> ((bits - r) % bits))) & mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Recorder:
+    """Keeps a bounded record of accepted steps: at most ``slots`` loop states.
+
+    Accepted step ``k`` (counted from ``k0``) is kept if ``k - k0`` is a multiple of the
+    stride ``2^L``, as entry ``j = (k - k0) >> L`` in slot ``rotate_left(j, L)``. With
+    ``thin=True`` (the forward solve, whose length is unknown), an entry that would not fit
+    doubles the stride: every other entry becomes free and the slots are reused. Entry ``j``
+    of stride ``2^(L+1)`` lives where entry ``2j`` of stride ``2^L`` lived, and the new
+    entries ``j >= slots/2`` take the slots of the freed odd entries (a rotation of the slot
+    index), so nothing is ever moved. This is online checkpointing with ``O(slots)`` memory:
+    the stride ends as the smallest power of two that fits all steps.
+
+    Each entry holds the loop state *before the accepted attempt* of its step (a valid state to
+    replay from) and, with ``dense=True``, the step's dense-output coefficients.
+    """
+
+    slots: int  # a power of two, at least 2
+    thin: bool
+    dense: bool = False
+
+    def __post_init__(self):
+        if self.slots < 2 or self.slots & (self.slots - 1):
+            raise ValueError(f"Recorder: `slots` must be a power of two >= 2, got {self.slots}.")
+
+    @property
+    def bits(self) -> int:
+        return int(self.slots).bit_length() - 1
+
+    def init(self, st: LoopState, degree: int, level=0, k0=0):
+        """The record carry ``(buffers, level, k0)`` for a loop starting at ``st``."""
+        n = st.y.shape[0]
+        buf = {
+            "y": jnp.zeros((self.slots, n), st.y.dtype),
+            "f": jnp.zeros((self.slots, n), st.y.dtype),
+            "fs": jnp.zeros((self.slots, NUM_FLOAT), st.fs.dtype),
+            "ints": jnp.zeros((self.slots, NUM_INT), jnp.int32),
+        }
+        if self.dense:
+            buf["c"] = jnp.zeros((self.slots, degree, n), st.y.dtype)
+        return buf, jnp.asarray(level, jnp.int32), jnp.asarray(k0, jnp.int32)
+
+    def slot(self, j, level):
+        return rotate_left(j, level % max(self.bits, 1), self.bits)
+
+    def write(self, rec, level, k, st: LoopState, coeffs, accepted):
+        """Record step ``k`` (relative count) with pre-attempt state ``st`` if kept."""
+        if self.thin:
+            grow = accepted & ((k >> level) == self.slots) & ((k & ((1 << level) - 1)) == 0)
+            level = level + grow.astype(level.dtype)
+        keep = accepted & ((k & ((1 << level) - 1)) == 0)
+        j = k >> level
+        idx = jnp.where(keep & (j < self.slots), self.slot(j, level), self.slots)
+        rec = dict(rec)
+        rec["y"] = rec["y"].at[idx].set(st.y, mode="drop")
+        rec["f"] = rec["f"].at[idx].set(_head(st.f, False), mode="drop")
+        rec["fs"] = rec["fs"].at[idx].set(st.fs, mode="drop")
+        rec["ints"] = rec["ints"].at[idx].set(st.ints, mode="drop")
+        if self.dense:
+            rec["c"] = rec["c"].at[idx].set(coeffs, mode="drop")
+        return rec, level
+
+    def entry(self, rec, level, j):
+        """``(LoopState, coeffs or None)`` of entry ``j``."""
+        s = self.slot(j, level)
+        st = LoopState(rec["y"][s], rec["f"][s], None, rec["fs"][s], rec["ints"][s])
+        return st, (rec["c"][s] if self.dense else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stops with jumps (adjoint solves)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stops:
+    """Times where every step lands exactly and ``jump(i, y, q) -> (y, q, result)`` applies.
+
+    ``taus`` are increasing internal times; stop ``i`` is ``taus[i]``. After a jump the vector
+    field is evaluated again at the new state (one evaluation), except at the end.
+    """
+
+    taus: Array
+    jump: Callable = dataclasses.field(compare=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def run(
+    g: Callable,
+    cfg: LoopConfig,
+    st: LoopState,
+    t_end,
+    rtol,
+    atol,
+    *,
+    outputs: Outputs | None = None,
+    ys=None,
+    stops: Stops | None = None,
+    recorder: Recorder | None = None,
+    rec=None,
+    count_end=None,
 ):
-    """Scaled RMS error estimate of a step (``<= 1`` means accept).
+    """Integrate from ``st`` to ``t_end`` (or until ``count_end`` steps are accepted).
 
-    ``norm_dims`` restricts the norm to the first ``norm_dims`` state entries (a seminorm).
-    ``norm_split`` (with ``norm_dims=None``) takes the larger of the RMS norms of the entries
-    before and from ``norm_split`` (a mixed norm, so a large block of small entries cannot
-    dilute the error of a small block). ``poison`` (the whole new state) makes the ratio NaN if
-    it holds a NaN or inf, in the same reduction (``0·x`` is NaN exactly for non-finite ``x``).
+    Args:
+        g: The vector field ``g(τ, y)`` (or ``(dy, dq)``) in internal time.
+        cfg: Static loop settings.
+        st: The starting state (from :func:`start`, a record entry, or a previous run).
+        t_end: Final internal time; stage times never pass it.
+        rtol, atol: Tolerances.
+        outputs, ys: Dense output times and the output buffer (forward solves).
+        stops: Stop times with jumps (adjoint solves).
+        recorder, rec: Step record and its carry ``(buffers, level, k0)``: accepted step
+            ``ints[ACCEPTED] - k0`` is the record's step count.
+        count_end: Stop once ``ints[ACCEPTED]`` reaches this (replays).
+
+    Returns:
+        ``(state, ys, rec)``; a loop that ran out of steps has ``Result.max_steps_reached``.
     """
-    if norm_dims is None and norm_split is not None and 0 < norm_split < y0.shape[0]:
-        head = error_ratio(
-            tab, [k[:norm_split] for k in ks], h, y0[:norm_split], y1[:norm_split], rtol, atol,
-            poison=None if poison is None else jnp.sum(poison),
-        )
-        tail = error_ratio(
-            tab, [k[norm_split:] for k in ks], h, y0[norm_split:], y1[norm_split:], rtol, atol
-        )
-        # NaN in either half propagates (jnp.maximum keeps NaN).
-        return jnp.maximum(head, tail)
-    if norm_dims is not None:
-        ks = [k[:norm_dims] for k in ks]
-        y0, y1 = y0[:norm_dims], y1[:norm_dims]
-    scale = error_scale(y0, y1, rtol, atol)
-    scaled = _combine(None, h, tab.b_err, ks) / scale
-    if poison is not None:
-        if norm_dims is None:
-            scaled = scaled + 0.0 * poison
+    solver, ctrl = cfg.solver, cfg.controller
+    dtmin, dtmax = dtmin_value(ctrl), dtmax_value(ctrl)
+    order = solver.error_order
+    beta = solver.controller_beta
+    steps0 = st.ints[STEPS]
+    n_stops = 0 if stops is None else stops.taus.shape[0]
+
+    def cond(carry):
+        st = carry[0]
+        go = (st.fs[T] < t_end) & (st.ints[STEPS] - steps0 < cfg.max_steps)
+        go = go & (st.ints[RESULT] == Result.successful)
+        if count_end is not None:
+            go = go & (st.ints[ACCEPTED] < count_end)
+        return go
+
+    def body(carry):
+        st, ys, rec = carry
+        t, h, prev = st.fs[T], st.fs[H], st.fs[PREV]
+        rej_last = st.ints[REJ_LAST] != 0
+        if n_stops:
+            i_stop = st.ints[NEXT]
+            has_stop = i_stop < n_stops
+            t_stop = jnp.where(has_stop, stops.taus[jnp.minimum(i_stop, n_stops - 1)], t_end)
+            t_lim = jnp.minimum(t_stop, t_end)
         else:
-            scaled = scaled + 0.0 * jnp.sum(poison)
-    e5 = rms_norm(scaled)
-    if tab.b_err2 is None:
-        return e5
-    # Hairer's DOP853 combination of the 5th and 3rd order estimates.
-    e3 = rms_norm(_combine(None, h, tab.b_err2, ks) / scale)
-    denom = jnp.sqrt(e5 * e5 + 0.01 * e3 * e3)
-    # denom == 0 only if e5 == 0 (ratio 0); NaN/inf propagate so bad steps are rejected.
-    return e5 * e5 / jnp.where(denom == 0, 1.0, denom)
+            t_lim = t_end
+        clip = h >= t_lim - t
+        h_eff = jnp.where(clip, t_lim - t, h)
+        res = solver.step(g, t, st.y, st.f, h_eff, t_end, cfg.quad)
+        t1 = jnp.where(clip, t_lim, t + h_eff)
+        q1 = None if st.q is None else st.q + res.q_inc
+        ratio = lax.stop_gradient(
+            error_ratio(res, st.y, res.y1, st.q, q1, rtol, atol, cfg)
+        )
+        finite = jnp.isfinite(ratio)
+        accepted = finite & (ratio <= 1.0)
+        if res.ok is not None:
+            accepted = accepted & res.ok
+        nfe = jnp.asarray(res.nfe, jnp.int32)
+
+        if outputs is not None:
+            ys, i_out, extra = outputs.write(
+                g, cfg, ys, st.ints[NEXT], t, st.y, h_eff, t1, res.y1, res, accepted, t_end
+            )
+            nfe = nfe + extra
+        else:
+            i_out = st.ints[NEXT]
+
+        if recorder is not None:
+            buf, level, k0 = rec
+            coeffs = None
+            if recorder.dense:
+                coeffs, extra = solver.dense(g, t, st.y, h_eff, res, t_end, cfg.quad)
+                nfe = nfe + jnp.where(accepted, extra, 0)
+            buf, level = recorder.write(buf, level, st.ints[ACCEPTED] - k0, st, coeffs, accepted)
+            rec = (buf, level, k0)
+
+        # The controller. A step clipped to land on a stop or the end keeps the proposal it
+        # was clipped from, if larger (landing says nothing about the size the error allows).
+        factor = step_factor(ratio, prev, accepted, rej_last, order, ctrl, beta)
+        h_new = jnp.minimum(h_eff * factor, dtmax)
+        h_new = lax.stop_gradient(jnp.where(accepted & clip, jnp.maximum(h_new, h), h_new))
+        t_new = jnp.where(accepted, t1, t)
+        at_end = accepted & clip & (t_lim >= t_end)
+        underflow = ~at_end & ((h_new < dtmin) | (t_new + h_new <= t_new))
+        saw_nonfinite = (st.ints[NONFINITE] != 0) | ~finite
+        result = jnp.where(
+            underflow,
+            jnp.where(saw_nonfinite, Result.nonfinite, Result.dt_min_reached),
+            st.ints[RESULT],
+        )
+
+        y_new = jnp.where(accepted, res.y1, st.y)
+        f_new = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), res.f1, st.f)
+        q_new = None if q1 is None else jnp.where(accepted, q1, st.q)
+        next_idx = i_out
+        if n_stops:
+            landed = accepted & clip & has_stop & (t_stop <= t_end) & (t1 >= t_stop)
+            y_j, q_j, jump_result = stops.jump(jnp.minimum(i_stop, n_stops - 1), y_new, q_new)
+            y_new = jnp.where(landed, y_j, y_new)
+            if q_new is not None:
+                q_new = jnp.where(landed, q_j, q_new)
+            result = jnp.where(landed & (result == Result.successful), jump_result, result)
+            again = landed & (t1 < t_end)
+            f_new = lax.cond(again, lambda: g(t1, y_new), lambda: f_new)
+            nfe = nfe + again.astype(jnp.int32)
+            next_idx = i_stop + landed.astype(jnp.int32)
+
+        acc = accepted.astype(jnp.int32)
+        ints = st.ints.at[STEPS].add(1)
+        ints = ints.at[ACCEPTED].add(acc).at[REJECTED].add(1 - acc)
+        ints = ints.at[NFE].add(nfe)
+        ints = ints.at[NJEV].add(jnp.asarray(res.njev, jnp.int32))
+        ints = ints.at[NLIN].add(jnp.asarray(res.nlinsolve, jnp.int32))
+        ints = ints.at[RESULT].set(result.astype(jnp.int32))
+        ints = ints.at[REJ_LAST].set(1 - acc).at[NONFINITE].set(saw_nonfinite.astype(jnp.int32))
+        ints = ints.at[NEXT].set(next_idx)
+        fs = jnp.stack([t_new, h_new, jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev)])
+        return LoopState(y_new, f_new, q_new, fs, ints), ys, rec
+
+    st, ys, rec = lax.while_loop(cond, body, (st, ys, rec))
+    ran_out = (st.ints[RESULT] == Result.successful) & (st.fs[T] < t_end)
+    if count_end is not None:
+        ran_out = ran_out & (st.ints[ACCEPTED] < count_end)
+    st = st._replace(ints=st.ints.at[RESULT].set(
+        jnp.where(ran_out, Result.max_steps_reached, st.ints[RESULT]).astype(jnp.int32)
+    ))
+    return st, ys, rec
 
 
-def extra_stages(fn, tab: ButcherTableau, t, y, h, ks_full, t_hi=None):
-    """Append the dense-output-only stages of ``tab`` to ``ks_full`` (list, in place)."""
-    for i in range(tab.num_extra):
-        row = tab.extra_a[i]
-        yi = _combine(y, h, row[: len(ks_full)], ks_full)
-        ks_full.append(fn(_stage_time(t, tab.extra_c[i], h, None, t_hi), yi))
-    return ks_full
+def stats_of(st: LoopState) -> dict[str, Int[Array, ""]]:
+    """The statistics of a finished loop as a dict (the public ``Solution.stats``)."""
+    names = ("num_steps", "num_accepted", "num_rejected", "nfe", "njev", "nlinsolve")
+    return {name: st.ints[slot] for name, slot in zip(names, STAT_SLOTS, strict=True)}
 
 
-def dense_coeffs(tab: ButcherTableau, h, ks_full):
-    """Polynomial coefficients ``[c_1..c_P]`` (shape ``(P, n)``): ``y(θ) = y0 + Σ c_p θ^p``."""
-    # Unrolled weighted sums with constant coefficients (fused elementwise by XLA) rather than
-    # a small matrix product, which XLA:CPU dispatches as a comparatively slow dot.
-    interp = tab.interp[: len(ks_full)]
-    rows = []
-    for p in range(interp.shape[1]):
-        row = _combine(None, h, interp[:, p], ks_full)
-        rows.append(jnp.zeros_like(ks_full[0]) if row is None else row)
-    return jnp.stack(rows)
-
-
-def eval_dense(y0, coeffs, theta):
-    """Evaluate ``y0 + Σ_p coeffs[p-1] θ^p`` by Horner's rule."""
-    acc = coeffs[-1]
-    for p in range(coeffs.shape[0] - 2, -1, -1):
-        acc = coeffs[p] + theta * acc
-    return y0 + theta * acc
-
-
-class Stats(NamedTuple):
-    num_steps: Any
-    num_accepted: Any
-    num_rejected: Any
-    nfe: Any
-
-    def as_dict(self):
-        return dict(self._asdict())
-
-
-class StepRecord(NamedTuple):
-    """Accepted steps kept for the checkpointed and interpolated adjoints.
-
-    ``t[i]``, ``h[i]`` and ``y[i]`` are the start time, size and start state of accepted
-    step ``i`` (in the solver's internal, increasing time ``τ = sign · t``), ``coeffs[i]`` its
-    dense polynomial (only when asked for); entries past ``count`` are padding.
-    """
-
-    t: Any
-    h: Any
-    y: Any
-    coeffs: Any
-    count: Any
-
-
-def direction_of(ts):
+def direction_of(ts) -> Array:
+    """``+1`` for increasing (or single) output times, ``-1`` for decreasing."""
     if ts.shape[0] < 2:
         return jnp.ones((), ts.dtype)
     return jnp.where(ts[-1] >= ts[0], 1.0, -1.0).astype(ts.dtype)
 
 
-def integrate_adaptive(
-    fn,
-    y0,
-    ts,
-    params,
-    *,
-    tab: ButcherTableau,
-    controller: PIController,
-    rtol,
-    atol,
-    dt0,
-    max_steps: int,
-    record: str | None = None,
-    norm_dims: int | None = None,
-    norm_split: int | None = None,
-):
-    """Solve ``dy/dt = fn(t, y, params)`` with an adaptive embedded RK pair.
+# ---------------------------------------------------------------------------------------------
+# Fixed-step integration (plain autodiff: the paper's RK-Net)
 
-    Args:
-        fn: Flat vector field ``fn(t, y, params)``.
-        y0: Flat initial state, shape ``(n,)``.
-        ts: Output times, shape ``(N,)``, strictly monotonic (either direction).
-        params: Pytree passed to ``fn``.
-        tab: Tableau with an error estimate and dense output.
-        controller: Step-size controller settings.
-        rtol, atol: Tolerances (traced scalars).
-        dt0: Initial step magnitude, or ``None`` for the automatic choice.
-        max_steps: Maximum number of attempted steps.
-        record: ``None``, ``"steps"`` (keep each accepted step's start) or ``"dense"`` (also
-            its dense polynomial), for the memory-hungry adjoints.
-        norm_dims: If set, error control sees only the first ``norm_dims`` state entries
-            (the seminorm of the adjoint solve); the rest is integrated without control.
-        norm_split: If set (and ``norm_dims`` is not), the error norm is the larger of the
-            RMS norms of the entries before and from ``norm_split`` (the adjoint's full norm:
-            the state channels and the parameter channel each controlled on their own).
 
-    Returns:
-        ``(ys, stats, result, steps)``: outputs of shape ``(N, n)`` (NaN where not reached),
-        :class:`Stats`, an integer :class:`Result` code and a :class:`StepRecord` or ``None``.
+def integrate_fixed(fn, y0, ts, params, *, tab, num_sub: int):
+    """``num_sub`` equal steps inside each output interval, as nested ``lax.scan``.
+
+    Plain ``lax.scan`` loops, so reverse- and forward-mode autodiff differentiate the discrete
+    solver exactly (memory grows with the number of steps). Returns ``(ys, nfe)``.
     """
+    from ._solvers._rk import rk_fixed_step
+
     dtype = y0.dtype
-    n_out = ts.shape[0]
-    sign = direction_of(ts)
-    taus = sign * ts  # increasing
-    t0, t_end = taus[0], taus[-1]
-    rtol = jnp.asarray(rtol, dtype)
-    atol = jnp.asarray(atol, dtype)
-    dtmin = dtmin_value(controller)
-    dtmax = dtmax_value(controller)
-    q = tab.error_order
-    has_extra = tab.num_extra > 0
-
-    def g(tau, y):
-        return sign * fn(sign * tau, y, params)
-
-    f0 = g(t0, y0)
-    nfe0 = 1
-    if dt0 is None:
-        if norm_dims is None:
-            h0 = initial_step(g, t0, y0, f0, t_end, q, rtol, atol)
-        else:
-            h0 = initial_step(
-                lambda tt, yy: g(tt, yy)[:norm_dims], t0, y0[:norm_dims], f0[:norm_dims],
-                t_end, q, rtol, atol, full_y0=y0, full_f0=f0,
-            )
-        nfe0 += 1
-    else:
-        h0 = jnp.minimum(jnp.abs(jnp.asarray(dt0, dtype)), t_end - t0)
-    h0 = jnp.minimum(h0, dtmax)
-
-    ys = jnp.full((n_out, y0.shape[0]), jnp.nan, dtype).at[0].set(y0)
-    start_ok = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(f0))
-    result0 = jnp.where(start_ok, Result.successful, Result.nonfinite).astype(jnp.int32)
-    zero = jnp.zeros((), jnp.int32)
-
-    if record is not None:
-        rec_t = jnp.zeros((max_steps,), dtype)
-        rec_h = jnp.zeros((max_steps,), dtype)
-        rec_y = jnp.zeros((max_steps, y0.shape[0]), dtype)
-        if record == "dense":
-            degree = tab.interp.shape[1]
-            rec_c = jnp.zeros((max_steps, degree, y0.shape[0]), dtype)
-        else:
-            rec_c = None
-        rec = (rec_t, rec_h, rec_y, rec_c)
-    else:
-        rec = None
-
-    # Loop state, packed into few arrays: every array of the loop state costs its own select /
-    # update kernel per step, which dominates the step cost of small systems on XLA:CPU.
-    #   yf:  [y, f(t, y)]                                   (2n,)   state dtype
-    #   fsc: [t, h, previous accepted error ratio]          (3,)    state dtype
-    #   isc: [i_out, steps, accepted, rejected, nfe, result, rejected_last, saw_nonfinite] int32
-    n = y0.shape[0]
-    init = (
-        jnp.concatenate([y0, f0]),
-        jnp.stack([t0, h0, jnp.ones((), dtype)]),  # PI memory 1: neutral before the first step
-        jnp.stack(
-            [jnp.asarray(v, jnp.int32) for v in (1, 0, 0, 0, nfe0, result0, 0, 0)]
-        ),
-        ys,
-        rec,
-    )
-
-    def cond(state):
-        _, fsc, isc, _, _ = state
-        return (fsc[0] < t_end) & (isc[1] < max_steps) & (isc[5] == Result.successful)
-
-    def body(state):
-        yf, fsc, isc, ys, rec = state
-        y, f0 = yf[:n], yf[n:]
-        t, h, prev_ratio = fsc[0], fsc[1], fsc[2]
-        i_out, n_acc = isc[0], isc[2]
-        rejected_last = isc[6] != 0
-        saw_nonfinite = isc[7] != 0
-        remaining = t_end - t
-        last = h >= remaining
-        h_eff = jnp.where(last, remaining, h)
-        y1, ks = rk_stages(g, tab, t, y, f0, h_eff, t_hi=t_end)
-        t1 = jnp.where(last, t_end, t + h_eff)
-        ratio = error_ratio(tab, ks, h_eff, y, y1, rtol, atol, norm_dims, y1, norm_split)
-        finite = jnp.isfinite(ratio)
-        accepted = finite & (ratio <= 1.0)
-        step_nfe = tab.num_stages - 1
-        if tab.fsal:
-            f1 = ks[-1]
-            ks_full = list(ks)
-        else:
-            f1 = g(t1, y1)
-            ks_full = list(ks) + [f1]
-            step_nfe += 1
-
-        # Dense output for every output time in (t, t1] of an accepted step.
-        def write_outputs(carry):
-            i_out, ys, extra_nfe = carry
-            full = list(ks_full)
-            if has_extra:
-                full = extra_stages(g, tab, t, y, h_eff, full, t_hi=t_end)
-            coeffs = dense_coeffs(tab, h_eff, full)
-
-            def out_cond(c):
-                i, _ = c
-                return (i < n_out) & (taus[jnp.minimum(i, n_out - 1)] <= t1)
-
-            def out_body(c):
-                i, ys = c
-                theta = (taus[i] - t) / h_eff
-                yi = jnp.where(taus[i] == t1, y1, eval_dense(y, coeffs, theta))
-                return i + 1, ys.at[i].set(yi)
-
-            i_out, ys = lax.while_loop(out_cond, out_body, (i_out, ys))
-            return i_out, ys, extra_nfe + tab.num_extra
-
-        if (
-            not has_extra
-            and n_out <= _SELECT_OUTPUTS_MAX
-            and n_out * y0.shape[0] <= _SELECT_ENTRIES_MAX
-        ):
-            # Few output times: evaluate the step's interpolant at all of them and keep those
-            # inside this accepted step. Branch-free, O(n_out · n) per step.
-            coeffs = dense_coeffs(tab, h_eff, ks_full)
-            inside = accepted & (taus > t) & (taus <= t1)
-            theta = jnp.where(inside, (taus - t) / h_eff, 0.0)
-            vals = eval_dense(y[None, :], coeffs[:, None, :], theta[:, None])
-            vals = jnp.where((taus == t1)[:, None], y1[None, :], vals)
-            ys = jnp.where(inside[:, None], vals, ys)
-            i_out = i_out + jnp.sum(inside, dtype=i_out.dtype)
-            extra_nfe = zero
-        else:
-            has_out = accepted & (i_out < n_out) & (taus[jnp.minimum(i_out, n_out - 1)] <= t1)
-            i_out, ys, extra_nfe = lax.cond(
-                has_out, write_outputs, lambda c: c, (i_out, ys, zero)
-            )
-
-        if rec is not None:
-            rec_t, rec_h, rec_y, rec_c = rec
-            idx = jnp.where(accepted, n_acc, max_steps)  # out of range -> dropped
-            rec_t = rec_t.at[idx].set(t, mode="drop")
-            rec_h = rec_h.at[idx].set(h_eff, mode="drop")
-            rec_y = rec_y.at[idx].set(y, mode="drop")
-            if rec_c is not None:
-                full = list(ks_full)
-                if has_extra:
-                    full = extra_stages(g, tab, t, y, h_eff, full, t_hi=t_end)
-                    step_nfe += tab.num_extra
-                rec_c = rec_c.at[idx].set(dense_coeffs(tab, h_eff, full), mode="drop")
-            rec = (rec_t, rec_h, rec_y, rec_c)
-
-        factor = step_factor(
-            ratio, prev_ratio, accepted, rejected_last, q, controller, tab.controller_beta
-        )
-        h_new = jnp.minimum(h_eff * factor, dtmax)
-        t_new = jnp.where(accepted, t1, t)
-        underflow = (~last | ~accepted) & ((h_new < dtmin) | (t_new + h_new <= t_new))
-        # A step-size collapse after any non-finite rejection is reported as non-finite.
-        saw_nonfinite = saw_nonfinite | ~finite
-        result = jnp.where(
-            underflow,
-            jnp.where(saw_nonfinite, Result.nonfinite, Result.dt_min_reached),
-            isc[5],
-        )
-        yf = jnp.where(accepted, jnp.concatenate([y1, f1]), yf)
-        fsc = jnp.stack([t_new, h_new, jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev_ratio)])
-        acc_i = accepted.astype(jnp.int32)
-        isc = jnp.stack(
-            [
-                i_out,
-                isc[1] + 1,
-                isc[2] + acc_i,
-                isc[3] + (1 - acc_i),
-                isc[4] + step_nfe + extra_nfe,
-                result.astype(jnp.int32),
-                1 - acc_i,
-                saw_nonfinite.astype(jnp.int32),
-            ]
-        )
-        return yf, fsc, isc, ys, rec
-
-    if n_out == 1:
-        final = init
-    else:
-        final = lax.while_loop(cond, body, init)
-    _, fsc, isc, ys, rec = final
-    t = fsc[0]
-    n_steps, n_acc, n_rej, nfe, result = isc[1], isc[2], isc[3], isc[4], isc[5]
-    result = jnp.where(
-        (result == Result.successful) & (t < t_end), Result.max_steps_reached, result
-    ).astype(jnp.int32)
-    stats = Stats(n_steps, n_acc, n_rej, nfe)
-    steps = None
-    if rec is not None:
-        steps = StepRecord(rec[0], rec[1], rec[2], rec[3], n_acc)
-    return ys, stats, result, steps
-
-
-def integrate_fixed(fn, y0, ts, params, *, tab: ButcherTableau, num_sub: int):
-    """Fixed-step integration: ``num_sub`` equal steps inside each output interval.
-
-    Plain ``lax.scan`` loops, so reverse-mode autodiff differentiates the discrete solver
-    exactly (memory grows with the number of steps).
-    """
-    dtype = y0.dtype
-
-    def step(y, t, h, t_lo, t_hi):
-        f0 = fn(t, y, params)
-        y1, _ = rk_stages(lambda tt, yy: fn(tt, yy, params), tab, t, y, f0, h, t_lo, t_hi)
-        return y1
+    if ts.shape[0] == 1:
+        return y0[None], 0
 
     def interval(y, t_pair):
         ta, tb = t_pair
@@ -438,35 +516,20 @@ def integrate_fixed(fn, y0, ts, params, *, tab: ButcherTableau, num_sub: int):
 
         def sub(y, j):
             t = jnp.clip(ta + j.astype(dtype) * h, t_lo, t_hi)
-            return step(y, t, h, t_lo, t_hi), None
+            return rk_fixed_step(tab, lambda tt, yy: fn(tt, yy, params), t, y, h, t_lo, t_hi), None
 
         y, _ = lax.scan(sub, y, jnp.arange(num_sub))
         return y, y
 
-    if ts.shape[0] == 1:
-        return y0[None], num_sub * 0
     _, ys = lax.scan(interval, y0, (ts[:-1], ts[1:]))
     ys = jnp.concatenate([y0[None], ys], axis=0)
-    nfe = tab.num_stages * num_sub * (ts.shape[0] - 1)
-    return ys, nfe
+    return ys, tab.num_stages * num_sub * (ts.shape[0] - 1)
 
 
 def fixed_substeps(ts, dt0) -> int:
     """Number of equal sub-steps per output interval so that no step exceeds ``|dt0|``."""
-    span = np.max(np.abs(np.diff(np.asarray(ts, dtype=np.float64))))
+    ts = np.asarray(ts, dtype=np.float64)
+    if ts.shape[0] < 2:
+        return 1
+    span = np.max(np.abs(np.diff(ts)))
     return max(1, int(np.ceil(span / abs(float(dt0)) - 1e-9)))
-
-
-__all__ = [
-    "Stats",
-    "StepRecord",
-    "integrate_adaptive",
-    "integrate_fixed",
-    "fixed_substeps",
-    "rk_stages",
-    "error_ratio",
-    "dense_coeffs",
-    "eval_dense",
-    "extra_stages",
-    "direction_of",
-]

@@ -1,7 +1,14 @@
-"""The public ``odeint``: validation, pytree flattening, dispatch to a gradient mode."""
+"""The public ``odeint``: validation at the boundary, one cached compilation, dispatch.
+
+``odeint`` checks its arguments in Python (cheap, and with messages that name the argument),
+then calls one ``eqx.filter_jit``-compiled function: an eager call compiles once per static
+configuration (the vector field, the solver and options, shapes and dtypes) and reuses the
+compiled program afterwards; inside a user's ``jit`` it is simply inlined.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import equinox as eqx
@@ -11,15 +18,17 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
-from ._adjoint import NUM_STATS, AbstractAdjoint, BacksolveAdjoint, SolveConfig
+from ._adjoint import AbstractAdjoint, CheckpointAdjoint
 from ._controller import PIController
-from ._integrate import Stats, fixed_substeps, integrate_fixed
+from ._derivatives import solve
+from ._forward import NUM_STATS, Primal, Problem, SolveConfig
+from ._integrate import fixed_substeps, integrate_fixed
 from ._solution import RESULT_MESSAGES, Result, Solution
 from ._solvers import AbstractSolver, Tsit5
 
 _DEFAULT_SOLVER = Tsit5()
 _DEFAULT_CONTROLLER = PIController()
-_DEFAULT_ADJOINT = BacksolveAdjoint()
+_DEFAULT_ADJOINT = CheckpointAdjoint()
 
 
 def _describe(value, name: str) -> str:
@@ -124,6 +133,85 @@ def _monotonic(ts_np: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(ts_np)) and (np.all(d > 0) or np.all(d < 0)))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Everything about a call that is compiled in (hashable: the compilation cache key)."""
+
+    solver: AbstractSolver
+    controller: PIController
+    adjoint: AbstractAdjoint
+    max_steps: int
+    throw: bool
+    has_dt0: bool
+    num_sub: int | None  # fixed-step solvers: sub-steps per output interval
+    check_ts: bool  # check monotonic ts at run time (it was traced when odeint was called)
+
+
+def _flat_field(f, y0, ts, args):
+    """``(fn, diff, nondiff, unravel)``: the field on flat arrays and its array inputs.
+
+    The array leaves of ``f`` (an ``eqx.Module``), of ``args`` and the arrays ``f`` closes over
+    that an outer transformation traces become explicit inputs: floating ones are
+    differentiated (``diff``), the others (integer arrays) are not (``nondiff``). All other
+    leaves (functions, strings, Python numbers, ``None``) are compiled in.
+    """
+    y_flat, unravel = ravel_pytree(y0)
+    dtype = y_flat.dtype
+    f_dyn, f_static = eqx.partition(f, eqx.is_array)
+    a_dyn, a_static = eqx.partition(args, eqx.is_array)
+
+    def fn_tree(t, y, f_dyn, a_dyn):
+        return eqx.combine(f_dyn, f_static)(t, y, eqx.combine(a_dyn, a_static))
+
+    converted, consts = jax.closure_convert(fn_tree, ts[0], y0, f_dyn, a_dyn)
+    diff, nondiff = eqx.partition((f_dyn, a_dyn, tuple(consts)), eqx.is_inexact_array)
+
+    def fn(t, y, diff, nondiff):
+        fd, ad, c = eqx.combine(diff, nondiff)
+        out = converted(t, unravel(y), fd, ad, *c)
+        return ravel_pytree(out)[0].astype(dtype)
+
+    return fn, y_flat, diff, nondiff, unravel
+
+
+@eqx.filter_jit
+def _odeint_compiled(f, y0, ts, args, rtol, atol, dt0, probe, static: _Static):
+    _check_f_output(f, ts[0], y0, args)
+    if static.check_ts:
+        d = jnp.diff(ts)
+        bad = ~(jnp.all(d > 0) | jnp.all(d < 0)) | ~jnp.all(jnp.isfinite(ts))
+        ts = eqx.error_if(ts, bad, _TS_MESSAGE)
+        bad_tol = ~(rtol > 0) | ~(atol > 0)
+        rtol = eqx.error_if(
+            rtol, bad_tol,
+            "odeint: `rtol` and `atol` must be positive; a traced value was zero, negative or "
+            "NaN.",
+        )
+    fn, y_flat, diff, nondiff, unravel = _flat_field(f, y0, ts, args)
+    if static.solver.adaptive:
+        cfg = SolveConfig(static.solver, static.controller, static.max_steps, static.throw,
+                          static.has_dt0, static.adjoint)
+        problem = Problem(fn, cfg, nondiff, rtol, atol, dt0)
+        ys_flat, stats, result = solve(problem, Primal(y_flat, ts, diff, probe))
+    else:
+        ys_flat, nfe = integrate_fixed(
+            lambda t, y, p: fn(t, y, *p), y_flat, ts, (diff, nondiff),
+            tab=static.solver.tableau, num_sub=static.num_sub,
+        )
+        n_steps = jnp.asarray(static.num_sub * (ts.shape[0] - 1), jnp.int32)
+        zero = jnp.zeros((), jnp.int32)
+        stats = {"num_steps": n_steps, "num_accepted": n_steps, "num_rejected": zero,
+                 "nfe": jnp.asarray(nfe, jnp.int32), "njev": zero, "nlinsolve": zero}
+        finite = jnp.all(jnp.isfinite(ys_flat))
+        result = jnp.where(finite, Result.successful, Result.nonfinite).astype(jnp.int32)
+        if static.throw:
+            ys_flat = eqx.error_if(
+                ys_flat, jax.lax.stop_gradient(~finite), RESULT_MESSAGES[Result.nonfinite]
+            )
+    ys = jax.vmap(unravel)(ys_flat)
+    return Solution(ts=ts, ys=ys, stats=stats, result=result)
+
+
 def odeint(
     f: Callable[..., PyTree],
     y0: PyTree[ArrayLike],
@@ -152,7 +240,9 @@ def odeint(
             runs from ``ts[0]`` to ``ts[-1]``; outputs come from the solver's dense
             interpolant (steps are not clipped to output times). Traced: new values never
             recompile.
-        args: Any pytree passed to ``f`` (differentiated where it holds float arrays).
+        args: Any pytree passed to ``f``: its array leaves are traced and differentiated
+            (floating ones), every other leaf (functions, strings, Python numbers, ``None``,
+            an Equinox module's static parts) is held static, as ``eqx.filter_jit`` does.
         solver: A solver instance: adaptive ``Tsit5()`` (default), ``Dopri5()``,
             ``Dopri8()``, ``Bosh3()``; fixed-step ``Euler()``, ``Midpoint()``, ``Heun()``,
             ``RK4()`` (these need ``dt0``).
@@ -161,17 +251,20 @@ def odeint(
         dt0: Adaptive solvers: the first step size (default: chosen automatically, Hairer's
             algorithm). Fixed-step solvers: the largest step; each output interval is split
             into ``ceil(max|Δts| / dt0)`` equal steps, so ``ts`` must then be concrete.
-        max_steps: Maximum number of steps (accepted and rejected) of an adaptive solve; also
-            the buffer length of the memory-hungry adjoints.
+        max_steps: Maximum number of steps (accepted and rejected) of an adaptive solve.
         controller: :class:`PIController` settings (PI coefficients, factor limits,
             ``dtmin``/``dtmax``).
-        adjoint: Gradient mode of adaptive solvers: :class:`BacksolveAdjoint` (default, the
-            paper's O(1)-memory adjoint), :class:`InterpolatedAdjoint` or
-            :class:`CheckpointAdjoint`. Fixed-step solvers are always differentiated by plain
-            autodiff through ``lax.scan``.
+        adjoint: Gradient mode of adaptive solves: :class:`CheckpointAdjoint` (default: the
+            exact gradient of the discrete solve, bounded memory), :class:`BacksolveAdjoint`
+            (the paper's adjoint, memory independent of the steps),
+            :class:`InterpolatedAdjoint`, or :class:`ForwardMode`. Every mode supports
+            ``jax.jvp``/``jax.jacfwd``, ``jax.grad`` and second derivatives
+            (``grad(grad)``, ``jvp(grad)``, ``jax.hessian``). Fixed-step solvers are always
+            differentiated by plain autodiff through ``lax.scan``.
         throw: If ``True`` (default) a failed solve raises a runtime error that says what
             happened and what to try. If ``False``, check ``sol.result``: outputs not reached
-            are NaN.
+            are NaN, and a loss that masks failed samples out (``jnp.where(sol.result == 0,
+            ..., 0)``) has finite gradients.
         stats_probe: Optional float array of shape ``(4,)`` (zeros). The gradient with
             respect to it is the backward solve's ``[num_steps, num_accepted, num_rejected,
             nfe]``, which makes NFE-B available under ``jit`` without side effects.
@@ -205,8 +298,9 @@ def odeint(
         )
     if not isinstance(adjoint, AbstractAdjoint):
         raise TypeError(
-            "odeint: `adjoint` must be nde.BacksolveAdjoint(), nde.InterpolatedAdjoint() or "
-            f"nde.CheckpointAdjoint(), got {_describe(adjoint, 'adjoint')}."
+            "odeint: `adjoint` must be nde.CheckpointAdjoint(), nde.BacksolveAdjoint(), "
+            "nde.InterpolatedAdjoint() or nde.ForwardMode(), got "
+            f"{_describe(adjoint, 'adjoint')}."
         )
     if isinstance(max_steps, bool) or not isinstance(max_steps, int | np.integer) or max_steps < 1:
         raise ValueError(f"odeint: `max_steps` must be a positive int, got {max_steps!r}.")
@@ -216,58 +310,20 @@ def odeint(
         raise TypeError(f"odeint: `f` must be callable as f(t, y, args), got {type(f).__name__}.")
 
     y0 = _prepare_y0(y0)
-    # Concrete (non-traced) output times are inspected on the host; under `jit` a NumPy or
-    # Python `ts` stays concrete here even though jnp.asarray would turn it into a tracer.
+    dtype = jnp.result_type(*jax.tree.leaves(y0))
+    # Concrete (non-traced) output times are checked on the host.
     ts_static = None if isinstance(ts, jax.core.Tracer) else np.asarray(ts)
-    ts = _check_ts(ts)
-    rtol_arr = _check_tolerance("rtol", rtol)
-    atol_arr = _check_tolerance("atol", atol)
+    ts = _check_ts(ts).astype(dtype)
+    rtol = _check_tolerance("rtol", rtol).astype(dtype)
+    atol = _check_tolerance("atol", atol).astype(dtype)
+    if ts_static is not None and not _monotonic(ts_static.astype(np.float64)):
+        raise ValueError(_TS_MESSAGE + f" Got ts={ts_static!r}.")
+    check_ts = ts_static is None or not (_is_concrete(rtol) and _is_concrete(atol))
 
-    y_flat, unravel = ravel_pytree(y0)
-    dtype = y_flat.dtype
-    ts = ts.astype(dtype)
-    rtol_arr = rtol_arr.astype(dtype)
-    atol_arr = atol_arr.astype(dtype)
-    _check_f_output(f, ts[0], y0, args)
-
-    if ts_static is not None:
-        if not _monotonic(ts_static.astype(np.float64)):
-            raise ValueError(_TS_MESSAGE + f" Got ts={ts_static!r}.")
-    else:
-        d = jnp.diff(ts)
-        bad = ~(jnp.all(d > 0) | jnp.all(d < 0)) | ~jnp.all(jnp.isfinite(ts))
-        ts = eqx.error_if(ts, bad, _TS_MESSAGE)
-    if not _is_concrete(rtol_arr) or not _is_concrete(atol_arr):
-        bad_tol = ~(rtol_arr > 0) | ~(atol_arr > 0)
-        rtol_arr = eqx.error_if(
-            rtol_arr,
-            bad_tol,
-            "odeint: `rtol` and `atol` must be positive; a traced value was zero, negative or "
-            "NaN.",
-        )
-
-    # Differentiable arrays of `f` itself (an eqx.Module) and of `args` become explicit
-    # inputs; everything else of `f` is static.
-    f_arrays, f_static = eqx.partition(f, eqx.is_array)
-
-    def fn_tree(t, y, f_arrays, args):
-        return eqx.combine(f_arrays, f_static)(t, y, args)
-
-    # Closure conversion: arrays that `f` closes over and that are traced by an outer
-    # transformation (grad, vmap, jit) are hoisted into explicit inputs.
-    converted, consts = jax.closure_convert(fn_tree, ts[0], y0, f_arrays, args)
-    params = (f_arrays, args, consts)
-    diff, nondiff = eqx.partition(params, eqx.is_inexact_array)
-
-    def fn(t, y, p):
-        d, nd = p
-        fa, a, c = eqx.combine(d, nd)
-        out = converted(t, unravel(y), fa, a, *c)
-        return ravel_pytree(out)[0].astype(y.dtype)
-
+    num_sub = None
     if solver.adaptive:
-        probe = jnp.zeros((NUM_STATS,), dtype) if stats_probe is None else stats_probe
-        probe = jnp.asarray(probe)
+        probe = jnp.zeros((NUM_STATS,), dtype) if stats_probe is None else jnp.asarray(
+            stats_probe)
         if probe.shape != (NUM_STATS,):
             raise ValueError(f"odeint: `stats_probe` must have shape (4,), got {probe.shape}.")
         if dt0 is not None:
@@ -278,17 +334,6 @@ def odeint(
                 raise ValueError("odeint: `dt0` must be non-zero.")
         else:
             dt0_arr = jnp.zeros((), dtype)
-        cfg = SolveConfig(
-            tab=solver.tableau,
-            controller=controller,
-            max_steps=int(max_steps),
-            throw=throw,
-            has_dt0=dt0 is not None,
-        )
-        ys_flat, stats, result = adjoint.solve(
-            fn, cfg, y_flat, ts, diff, nondiff, rtol_arr, atol_arr, dt0_arr, probe
-        )
-        stats = Stats(*stats)
     else:
         if dt0 is None:
             raise ValueError(
@@ -303,15 +348,17 @@ def odeint(
         if not float(np.asarray(dt0)) != 0:
             raise ValueError("odeint: `dt0` must be non-zero.")
         num_sub = fixed_substeps(ts_static, dt0)
-        ys_flat, nfe = integrate_fixed(fn, y_flat, ts, (diff, nondiff), tab=solver.tableau,
-                                       num_sub=num_sub)
-        n_steps = jnp.asarray(num_sub * (ts.shape[0] - 1), jnp.int32)
-        stats = Stats(n_steps, n_steps, jnp.zeros((), jnp.int32), jnp.asarray(nfe, jnp.int32))
-        finite = jnp.all(jnp.isfinite(ys_flat))
-        result = jnp.where(finite, Result.successful, Result.nonfinite).astype(jnp.int32)
-        if throw:
-            ys_flat = eqx.error_if(
-                ys_flat, jax.lax.stop_gradient(~finite), RESULT_MESSAGES[Result.nonfinite]
-            )
-    ys = jax.vmap(unravel)(ys_flat)
-    return Solution(ts=ts, ys=ys, stats=stats.as_dict(), result=result)
+        probe = jnp.zeros((NUM_STATS,), dtype)
+        dt0_arr = jnp.asarray(dt0, dtype)
+
+    static = _Static(
+        solver=solver,
+        controller=controller,
+        adjoint=adjoint,
+        max_steps=int(max_steps),
+        throw=throw,
+        has_dt0=dt0 is not None,
+        num_sub=num_sub,
+        check_ts=check_ts,
+    )
+    return _odeint_compiled(f, y0, ts, args, rtol, atol, dt0_arr, probe, static)

@@ -21,6 +21,7 @@ class Result(enum.IntEnum):
     max_steps_reached = 1
     dt_min_reached = 2
     nonfinite = 3
+    drift = 4
 
     def message(self) -> str:
         return _MESSAGES[self]
@@ -48,6 +49,14 @@ _MESSAGES = {
         "size reduction could not avoid. Check `f` and `y0` for NaN/inf, for division by zero "
         "or overflow; in float32 consider float64 or a smaller time interval."
     ),
+    Result.drift: (
+        "neuralode.BacksolveAdjoint: the backward re-integration of the state drifted away "
+        "from the forward trajectory (its difference at an output time exceeded `drift_check` "
+        "times the tolerance), so the continuous-adjoint gradient would be wrong. This happens "
+        "on problems that contract forward in time (e.g. Van der Pol, chaotic systems). Use "
+        "`adjoint=nde.CheckpointAdjoint()` or `nde.InterpolatedAdjoint()`, add intermediate "
+        "output times (each one restarts the reconstruction), or tighten rtol/atol."
+    ),
 }
 
 RESULT_MESSAGES: tuple[str, ...] = tuple(_MESSAGES[r] for r in Result)
@@ -62,7 +71,9 @@ class Solution(eqx.Module):
             leading axis of length ``len(ts)``. ``ys[0]`` equals ``y0``. Entries the solver did
             not reach (only possible with ``throw=False``) are NaN.
         stats: Integer arrays ``num_steps`` (attempted steps), ``num_accepted``,
-            ``num_rejected`` and ``nfe`` (vector-field evaluations of the forward solve).
+            ``num_rejected``, ``nfe`` (vector-field evaluations of the forward solve),
+            ``njev`` (Jacobian evaluations) and ``nlinsolve`` (linear solves) (both zero for
+            explicit solvers).
         result: Integer :class:`Result` code. With ``throw=False`` check it; under ``vmap`` it
             has one entry per sample.
     """

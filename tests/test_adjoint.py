@@ -66,8 +66,8 @@ def test_closed_form_gradients(sin_grad, ts):
 class MLPField(eqx.Module):
     mlp: eqx.nn.MLP
 
-    def __init__(self, key):
-        self.mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jnp.tanh, key=key)
+    def __init__(self, key, width=8):
+        self.mlp = eqx.nn.MLP(3, 2, width, 2, activation=jnp.tanh, key=key)
 
     def __call__(self, t, y, args):
         return self.mlp(jnp.concatenate([y, jnp.atleast_1d(t)]))
@@ -248,7 +248,7 @@ def test_fixed_step_gradient_is_exact_derivative_of_discrete_map():
 
 
 # --------------------------------------------------------------------------------------
-# Memory: O(1) in the number of steps for BacksolveAdjoint, O(max_steps) for the others.
+# Memory: O(1) in the number of steps for BacksolveAdjoint, bounded checkpoints for the others.
 
 
 def _temp_bytes(adjoint, max_steps):
@@ -270,11 +270,16 @@ def test_backsolve_memory_does_not_grow_with_max_steps():
     assert large == small
 
 
-def test_checkpoint_memory_grows_with_max_steps():
-    small = _temp_bytes(nde.CheckpointAdjoint(), 100)
-    large = _temp_bytes(nde.CheckpointAdjoint(), 100_000)
-    # at least one float64 state (2 entries) per step is kept
-    assert large - small >= 2 * 8 * (100_000 - 100)
+@pytest.mark.parametrize("adjoint", [nde.CheckpointAdjoint(), nde.InterpolatedAdjoint()],
+                         ids=["checkpoint", "interpolated"])
+def test_checkpointed_memory_does_not_follow_max_steps(adjoint):
+    """The record holds `checkpoints` states per level and log_C(max_steps) levels: going from
+    1e3 to 1e5 steps adds one level, never a max_steps-sized buffer."""
+    small = _temp_bytes(adjoint, 1_000)
+    large = _temp_bytes(adjoint, 100_000)
+    assert large <= 1.5 * small, (small, large)
+    # a buffer of one float64 state (2 entries) per possible step would be 1.6 MB
+    assert large < 2 * 8 * 100_000 / 4, large
 
 
 # --------------------------------------------------------------------------------------
@@ -290,8 +295,8 @@ def _probe_loss(field, y0, probe, adjoint):
 _probe_grad = eqx.filter_jit(eqx.filter_grad(_probe_loss))
 
 
-def _backward_stats(adjoint):
-    field = MLPField(jax.random.PRNGKey(2))
+def _backward_stats(adjoint, wide=False):
+    field = MLPField(jax.random.PRNGKey(2), width=64 if wide else 8)
     field = jax.tree.map(lambda x: 3.0 * x if eqx.is_array(x) else x, field)
     # differentiate w.r.t. the probe only: its gradient is the backward statistics
     return jax.grad(_probe_loss, argnums=2)(field, jnp.array([0.3, -0.2]), jnp.zeros(4),
@@ -310,8 +315,8 @@ def test_backward_stats_probe_under_jit():
 
 
 def test_seminorm_lowers_backward_nfe():
-    semi = _backward_stats(nde.BacksolveAdjoint(seminorm=True))
-    full = _backward_stats(nde.BacksolveAdjoint(seminorm=False))
+    semi = _backward_stats(nde.BacksolveAdjoint(seminorm=True), wide=True)
+    full = _backward_stats(nde.BacksolveAdjoint(seminorm=False), wide=True)
     assert float(semi[3]) < float(full[3]), (semi, full)
 
 
@@ -319,25 +324,34 @@ def test_full_adjoint_norm_is_the_larger_of_the_channel_norms():
     """seminorm=False controls [z, a] and a_θ each on its own (a mixed norm): many small
     parameter entries cannot dilute the state error, so the seminorm never sees a larger ratio.
     """
-    from neuralode._integrate import error_ratio
+    from neuralode._integrate import LoopConfig, error_ratio
     from neuralode._solvers import Tsit5
+    from neuralode._solvers._step import StepResult
 
-    tab = Tsit5().tableau
-    key = jax.random.key(0)
+    key_y, key_q = jax.random.split(jax.random.key(0))
     n, m = 4, 400
-    ks = [jax.random.normal(k, (n + m,)) for k in jax.random.split(key, tab.num_stages)]
-    ks = [k.at[n:].multiply(1e-3) for k in ks]  # tiny errors in the big parameter block
-    y0 = jnp.ones(n + m)
-    y1 = y0 + 0.1
-    args = (tab, ks, 0.1, y0, y1, 1e-6, 1e-6)
-    head = error_ratio(tab, [k[:n] for k in ks], 0.1, y0[:n], y1[:n], 1e-6, 1e-6)
-    tail = error_ratio(tab, [k[n:] for k in ks], 0.1, y0[n:], y1[n:], 1e-6, 1e-6)
-    mixed = error_ratio(*args, norm_split=n)
-    np.testing.assert_allclose(mixed, max(head, tail), rtol=1e-12)
-    np.testing.assert_allclose(error_ratio(*args, norm_dims=n), head, rtol=1e-12)
-    assert float(error_ratio(*args)) < 0.2 * float(mixed)  # one RMS would dilute it
-    poisoned = error_ratio(*args, poison=y1.at[-1].set(jnp.nan), norm_split=n)
-    assert np.isnan(poisoned)
+    err_y = 1e-6 * jax.random.normal(key_y, (n,))
+    err_q = 1e-9 * jax.random.normal(key_q, (m,))  # tiny errors in the big parameter block
+    y0, q0 = jnp.ones(n), jnp.ones(m)
+    y1, q1 = y0 + 0.1, q0 + 0.1
+
+    def ratio(norm, q_err=err_q, y1=y1):
+        res = StepResult(y1, None, err_y, None, q1 - q0, q_err, None, 0)
+        cfg = LoopConfig(Tsit5(), nde.PIController(), 10, quad=True, norm=norm)
+        return error_ratio(res, y0, y1, q0, q1, 1e-6, 1e-6, cfg)
+
+    def rms(e, a, b):
+        return jnp.sqrt(jnp.mean((e / (1e-6 + 1e-6 * jnp.maximum(jnp.abs(a), jnp.abs(b)))) ** 2))
+
+    head, tail = rms(err_y, y0, y1), rms(err_q, q0, q1)
+    np.testing.assert_allclose(ratio("semi"), head, rtol=1e-12)
+    np.testing.assert_allclose(ratio("mixed"), max(head, tail), rtol=1e-12)
+    big_q = 1e-3 * err_q / jnp.max(jnp.abs(err_q))  # now the parameter channel dominates
+    np.testing.assert_allclose(ratio("mixed", big_q), rms(big_q, q0, q1), rtol=1e-12)
+    assert float(ratio("mixed", big_q)) > 10 * float(ratio("semi"))
+    # one RMS over everything would dilute the state error 100x; the mixed norm does not
+    assert float(ratio("mixed")) >= float(head)
+    assert np.isnan(ratio("semi", y1=y1.at[-1].set(jnp.nan)))
 
 
 def test_tighter_adjoint_tolerance_costs_more_backward_steps():
@@ -460,7 +474,8 @@ def test_lorenz_gradient_is_accurate_or_raises():
 def test_failed_backward_solve_raises_whichever_gradient_is_used():
     # Only the gradient w.r.t. args is requested: the failure must still raise.
     def loss(y0, mu):
-        sol = nde.odeint(_vdp, y0, VDP_TS, mu, rtol=1e-6, atol=1e-6, max_steps=100_000)
+        sol = nde.odeint(_vdp, y0, VDP_TS, mu, rtol=1e-6, atol=1e-6, max_steps=100_000,
+                         adjoint=nde.BacksolveAdjoint())
         return jnp.sum(sol.ys[-1] ** 2)
 
     with pytest.raises(

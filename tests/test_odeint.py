@@ -450,7 +450,7 @@ def test_nan_stall_is_reported_as_nonfinite():
 
 
 def test_result_messages():
-    assert [r.value for r in nde.Result] == [0, 1, 2, 3]
+    assert [r.value for r in nde.Result] == [0, 1, 2, 3, 4]
     assert "success" in nde.Result.describe(0)
     assert "max_steps" in nde.Result.describe(nde.Result.max_steps_reached)
     assert "step size underflow" in nde.Result.describe(jnp.array(2))

@@ -2,7 +2,7 @@
 
 Every Runge-Kutta method in neuralode is data: a :class:`ButcherTableau` that holds the stage
 coefficients, the solution weights, the embedded error weights and a dense-output matrix. One
-generic step (in ``neuralode._integrate``) runs all of them.
+generic step (``neuralode._solvers._rk``) runs all of them.
 
 Dense output convention. Stages are numbered ``k_0 .. k_{S-1}`` where the first ``s`` are the
 tableau stages, then (for tableaus that are not FSAL but need it) ``f(t1, y1)``, then any extra
@@ -19,6 +19,9 @@ import dataclasses
 from typing import ClassVar
 
 import numpy as np
+
+from ._rk import rk_dense, rk_step
+from ._step import StepResult
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -110,23 +113,19 @@ def hermite_interp(b: np.ndarray, f1_index: int, num_total: int) -> np.ndarray:
     return np.stack([e0, 3 * bb - 2 * e0 - e1, -2 * bb + e0 + e1], axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
 class AbstractSolver:
-    """Base class: an explicit Runge-Kutta solver defined by its tableau.
+    """Base class of the solvers. Instances are immutable, hashable static configuration.
 
-    Subclasses set the class attribute ``tableau``. Instances are immutable and hashable
-    (compared by type), so they can be passed as static configuration.
+    Runge-Kutta solvers set the class attribute ``tableau``; the generic explicit step in
+    ``neuralode._solvers._rk`` runs them.
     """
 
     tableau: ClassVar[ButcherTableau]
 
-    def __eq__(self, other):
-        return type(self) is type(other)
-
-    def __hash__(self):
-        return hash(type(self))
-
     def __repr__(self):
-        return f"{type(self).__name__}()"
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({fields})"
 
     @property
     def order(self) -> int:
@@ -137,9 +136,44 @@ class AbstractSolver:
         return self.tableau.adaptive
 
 
+@dataclasses.dataclass(frozen=True)
 class AbstractAdaptiveSolver(AbstractSolver):
-    """An embedded Runge-Kutta pair with error estimate and dense output."""
+    """An adaptive solver: a step with an error estimate, and a dense output.
+
+    The integrator only talks to a solver through :meth:`step` and :meth:`dense` (and the
+    attributes below), so any one-step method with an error estimate fits: the explicit
+    Runge-Kutta pairs implement both from their tableau.
+    """
+
+    @property
+    def error_order(self) -> int:
+        """Order ``q`` of the error estimate (local error ``O(h^(q+1))``)."""
+        return self.tableau.error_order
+
+    @property
+    def controller_beta(self) -> float:
+        """The recommended proportional gain of the PI controller for this method."""
+        return self.tableau.controller_beta
+
+    @property
+    def dense_degree(self) -> int:
+        """Degree ``P`` of the dense-output polynomial in ``θ``."""
+        return self.tableau.interp.shape[1]
+
+    @property
+    def dense_costs_evaluations(self) -> bool:
+        """Whether :meth:`dense` evaluates the vector field (Dopri8's extra stages)."""
+        return self.tableau.num_extra > 0
+
+    def step(self, g, t, y, f0, h, t_hi=None, quad: bool = False) -> StepResult:
+        """Attempt one step of size ``h`` from ``(t, y)``; ``f0 = g(t, y)``."""
+        return rk_step(self.tableau, g, t, y, f0, h, t_hi, quad)
+
+    def dense(self, g, t, y, h, result: StepResult, t_hi=None, quad: bool = False):
+        """``(coeffs, nfe)``: the step's dense polynomial ``y + Σ_p coeffs[p-1] θ^p``."""
+        return rk_dense(self.tableau, g, t, y, h, result.stages, t_hi, quad)
 
 
+@dataclasses.dataclass(frozen=True)
 class AbstractFixedSolver(AbstractSolver):
     """A fixed-step Runge-Kutta method: steps of size ``dt0`` (at most), no error control."""

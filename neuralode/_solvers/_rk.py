@@ -1,0 +1,119 @@
+"""The explicit Runge-Kutta step: stages, solution, error estimate and dense output of a tableau.
+
+Every explicit method of neuralode is a :class:`~neuralode._solvers._base.ButcherTableau`; the
+functions here turn one into arithmetic. Stage combinations are unrolled sums with the constant
+coefficients written into the program (zero coefficients skipped), which XLA fuses into one
+elementwise kernel per stage; on small states this is much cheaper than a matrix product.
+
+A vector field may carry a *quadrature* channel: ``g(t, y)`` then returns ``(dy, dq)`` where
+``q`` does not feed back into ``g`` (the parameter adjoint ``a_θ`` of the backward solve is the
+example). Stages are formed for ``y`` only; ``q`` is advanced with the solution weights alone,
+which is exact for the augmented system and saves every stage combination of the (often long)
+quadrature vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from ._step import StepResult
+
+if TYPE_CHECKING:
+    from ._base import ButcherTableau
+
+Field = Callable[[Array, Array], object]
+
+
+def combine(base, h, coeffs: Sequence[float], ks: Sequence[Array]):
+    """``base + h Σ_j coeffs[j] ks[j]`` with the zero terms left out (``base`` may be None)."""
+    acc = None
+    for cj, kj in zip(coeffs, ks, strict=False):
+        if cj == 0.0:
+            continue
+        term = kj if cj == 1.0 else float(cj) * kj
+        acc = term if acc is None else acc + term
+    if acc is None:
+        return jnp.zeros_like(ks[0]) if base is None else base
+    return acc * h if base is None else base + h * acc
+
+
+def stage_time(t, c: float, h, t_hi):
+    """``t + c h``, never past ``t_hi`` (rounding may overshoot by an ulp)."""
+    tc = t + float(c) * h
+    return tc if t_hi is None else jnp.minimum(tc, t_hi)
+
+
+def _split(value, quad: bool):
+    return value if quad else (value, None)
+
+
+def rk_step(tab: ButcherTableau, g: Field, t, y, f0, h, t_hi=None, quad: bool = False):
+    """One step of the explicit method ``tab`` from ``(t, y)`` with first stage ``f0``.
+
+    Returns a :class:`StepResult`. With ``quad=True`` the field returns ``(dy, dq)`` and
+    ``f0`` is such a pair; the result then carries the quadrature increment and its error.
+    """
+    k0, d0 = _split(f0, quad)
+    ks, ds = [k0], [d0]
+    for i in range(1, tab.num_stages):
+        yi = combine(y, h, tab.a[i, :i], ks)
+        k, d = _split(g(stage_time(t, tab.c[i], h, t_hi), yi), quad)
+        ks.append(k)
+        ds.append(d)
+    y1 = combine(y, h, tab.b, ks)
+    nfe = tab.num_stages - 1
+    if tab.fsal:
+        f1 = (ks[-1], ds[-1]) if quad else ks[-1]
+    else:
+        t1 = t + h if t_hi is None else jnp.minimum(t + h, t_hi)
+        f1 = g(t1, y1)
+        nfe += 1
+    err = None if tab.b_err is None else combine(None, h, tab.b_err, ks)
+    err2 = None if tab.b_err2 is None else combine(None, h, tab.b_err2, ks)
+    q_inc = q_err = None
+    if quad:
+        q_inc = combine(None, h, tab.b, ds)
+        if tab.b_err is not None:
+            q_err = combine(None, h, tab.b_err, ds)
+    stages = list(ks) if tab.fsal else list(ks) + [_split(f1, quad)[0]]
+    return StepResult(y1=y1, f1=f1, err=err, err2=err2, q_inc=q_inc, q_err=q_err,
+                      stages=stages, nfe=nfe)
+
+
+def rk_dense(tab: ButcherTableau, g: Field, t, y, h, stages, t_hi=None, quad: bool = False):
+    """Dense-output coefficients ``(P, n)`` of a step: ``y(t + θh) = y + Σ_p c_p θ^p``.
+
+    Evaluates the tableau's extra dense-output stages first (Dopri8), so also returns their
+    number of evaluations.
+    """
+    full = list(stages)
+    for i in range(tab.num_extra):
+        row = tab.extra_a[i]
+        yi = combine(y, h, row[: len(full)], full)
+        k, _ = _split(g(stage_time(t, tab.extra_c[i], h, t_hi), yi), quad)
+        full.append(k)
+    interp = tab.interp[: len(full)]
+    coeffs = jnp.stack([combine(None, h, interp[:, p], full) for p in range(interp.shape[1])])
+    return coeffs, tab.num_extra
+
+
+def eval_dense(y0: Float[Array, " n"], coeffs: Float[Array, "p n"], theta) -> Array:
+    """Evaluate ``y0 + Σ_p coeffs[p-1] θ^p`` by Horner's rule (broadcasts over ``theta``)."""
+    acc = coeffs[-1]
+    for p in range(coeffs.shape[0] - 2, -1, -1):
+        acc = coeffs[p] + theta * acc
+    return y0 + theta * acc
+
+
+def rk_fixed_step(tab: ButcherTableau, fn, t, y, h, t_lo, t_hi):
+    """One fixed step (stage times clamped to ``[t_lo, t_hi]``); returns the new state."""
+    ks = [fn(t, y)]
+    for i in range(1, tab.num_stages):
+        yi = combine(y, h, tab.a[i, :i], ks)
+        tc = jnp.clip(t + float(tab.c[i]) * h, t_lo, t_hi)
+        ks.append(fn(tc, yi))
+    return combine(y, h, tab.b, ks)
