@@ -113,8 +113,8 @@ def forward(
     ys = outputs.init(x.y0)
     rec = None if recorder is None else recorder.init(st, cfg.solver.dense_degree)
     if taus.shape[0] > 1:
-        st, ys, rec = run(g, lcfg, st, taus[-1], problem.rtol, problem.atol,
-                          outputs=outputs, ys=ys, recorder=recorder, rec=rec)
+        st, ys, rec, _ = run(g, lcfg, st, taus[-1], problem.rtol, problem.atol,
+                             outputs=outputs, ys=ys, recorder=recorder, rec=rec)
     return ys, st, rec
 
 

@@ -335,6 +335,46 @@ class Stops:
 
 
 # ---------------------------------------------------------------------------------------------
+# Quadrature nodes (the parameter adjoint of the continuous adjoints)
+
+
+@dataclasses.dataclass(frozen=True)
+class Nodes:
+    """A buffer of the quadrature nodes of accepted steps: stage time, stage state, weight.
+
+    A quantity ``q`` with ``dq/dτ = G(τ, y)`` that does not feed back into ``y`` is the sum
+    ``Σ w_j G(τ_j, y_j)`` over these nodes (``w_j = h·b_j``, exact for the Runge-Kutta
+    method). Recording the nodes and evaluating ``G`` on a whole buffer at once (one batched
+    call, e.g. one vector-Jacobian product for all nodes) is much cheaper than carrying ``q``
+    through the loop when ``q`` is long (the parameter adjoint) and the loop is ``vmap`` ped.
+    A loop stops when the next step's nodes might not fit.
+    """
+
+    capacity: int
+    per_step: int
+
+    def init(self, n: int, dtype):
+        return {
+            "t": jnp.zeros((self.capacity,), dtype),
+            "y": jnp.zeros((self.capacity, n), dtype),
+            "w": jnp.zeros((self.capacity,), dtype),
+            "count": jnp.zeros((), jnp.int32),
+        }
+
+    def write(self, buf, res: StepResult, t, h, t_end, accepted):
+        count = buf["count"]
+        buf = dict(buf)
+        for jj, (c, b, yj) in enumerate(res.nodes):
+            idx = jnp.where(accepted, count + jj, self.capacity)  # out of range: dropped
+            tj = t + c * h
+            buf["t"] = buf["t"].at[idx].set(jnp.minimum(tj, t_end), mode="drop")
+            buf["y"] = buf["y"].at[idx].set(yj, mode="drop")
+            buf["w"] = buf["w"].at[idx].set(h * b, mode="drop")
+        buf["count"] = count + accepted.astype(jnp.int32) * self.per_step
+        return buf
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -352,6 +392,9 @@ def run(
     recorder: Recorder | None = None,
     rec=None,
     count_end=None,
+    nodes: Nodes | None = None,
+    node_buf=None,
+    step_limit=None,
 ):
     """Integrate from ``st`` to ``t_end`` (or until ``count_end`` steps are accepted).
 
@@ -366,27 +409,34 @@ def run(
         recorder, rec: Step record and its carry ``(buffers, level, k0)``: accepted step
             ``ints[ACCEPTED] - k0`` is the record's step count.
         count_end: Stop once ``ints[ACCEPTED]`` reaches this (replays).
+        nodes, node_buf: Quadrature nodes of accepted steps and their buffer; the loop stops
+            early when the buffer is full (see :class:`Nodes`).
+        step_limit: Stop (with ``Result.max_steps_reached``) when ``ints[STEPS]`` reaches
+            this; default ``max_steps`` more than at the start.
 
     Returns:
-        ``(state, ys, rec)``; a loop that ran out of steps has ``Result.max_steps_reached``.
+        ``(state, ys, rec, node_buf)``; a loop that ran out of steps has
+        ``Result.max_steps_reached``.
     """
     solver, ctrl = cfg.solver, cfg.controller
     dtmin, dtmax = dtmin_value(ctrl), dtmax_value(ctrl)
     order = solver.error_order
     beta = solver.controller_beta
-    steps0 = st.ints[STEPS]
+    limit = st.ints[STEPS] + cfg.max_steps if step_limit is None else step_limit
     n_stops = 0 if stops is None else stops.taus.shape[0]
 
     def cond(carry):
-        st = carry[0]
-        go = (st.fs[T] < t_end) & (st.ints[STEPS] - steps0 < cfg.max_steps)
+        st, _, _, node_buf = carry
+        go = (st.fs[T] < t_end) & (st.ints[STEPS] < limit)
         go = go & (st.ints[RESULT] == Result.successful)
         if count_end is not None:
             go = go & (st.ints[ACCEPTED] < count_end)
+        if nodes is not None:
+            go = go & (node_buf["count"] + nodes.per_step <= nodes.capacity)
         return go
 
     def body(carry):
-        st, ys, rec = carry
+        st, ys, rec, node_buf = carry
         t, h, prev = st.fs[T], st.fs[H], st.fs[PREV]
         rej_last = st.ints[REJ_LAST] != 0
         if n_stops:
@@ -426,6 +476,8 @@ def run(
                 nfe = nfe + jnp.where(accepted, extra, 0)
             buf, level = recorder.write(buf, level, st.ints[ACCEPTED] - k0, st, coeffs, accepted)
             rec = (buf, level, k0)
+        if nodes is not None:
+            node_buf = nodes.write(node_buf, res, t, h_eff, t_end, accepted)
 
         # The controller. A step clipped to land on a stop or the end keeps the proposal it
         # was clipped from, if larger (landing says nothing about the size the error allows).
@@ -468,16 +520,15 @@ def run(
         ints = ints.at[REJ_LAST].set(1 - acc).at[NONFINITE].set(saw_nonfinite.astype(jnp.int32))
         ints = ints.at[NEXT].set(next_idx)
         fs = jnp.stack([t_new, h_new, jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev)])
-        return LoopState(y_new, f_new, q_new, fs, ints), ys, rec
+        return LoopState(y_new, f_new, q_new, fs, ints), ys, rec, node_buf
 
-    st, ys, rec = lax.while_loop(cond, body, (st, ys, rec))
+    st, ys, rec, node_buf = lax.while_loop(cond, body, (st, ys, rec, node_buf))
     ran_out = (st.ints[RESULT] == Result.successful) & (st.fs[T] < t_end)
-    if count_end is not None:
-        ran_out = ran_out & (st.ints[ACCEPTED] < count_end)
+    ran_out = ran_out & (st.ints[STEPS] >= limit)
     st = st._replace(ints=st.ints.at[RESULT].set(
         jnp.where(ran_out, Result.max_steps_reached, st.ints[RESULT]).astype(jnp.int32)
     ))
-    return st, ys, rec
+    return st, ys, rec, node_buf
 
 
 def stats_of(st: LoopState) -> dict[str, Int[Array, ""]]:

@@ -9,6 +9,9 @@ compiled program afterwards; inside a user's ``jit`` it is simply inlined.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
+import weakref
 from collections.abc import Callable
 
 import equinox as eqx
@@ -45,18 +48,21 @@ def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _check_tolerance(name: str, value):
-    arr = jnp.asarray(value)
-    if arr.ndim != 0:
-        raise ValueError(f"odeint: `{name}` must be a scalar, got shape {arr.shape}.")
-    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
-        raise TypeError(f"odeint: `{name}` must be a real number, got dtype {arr.dtype}.")
+def _check_tolerance(name: str, value, dtype):
+    """A scalar tolerance as an array of the state dtype (NumPy for concrete values: no
+    device work per eager call)."""
+    arr = value if isinstance(value, jax.core.Tracer | jax.Array) else np.asarray(value)
+    if np.ndim(arr) != 0:
+        raise ValueError(f"odeint: `{name}` must be a scalar, got shape {np.shape(arr)}.")
+    kind = jnp.result_type(arr)
+    if not (jnp.issubdtype(kind, jnp.floating) or jnp.issubdtype(kind, jnp.integer)):
+        raise TypeError(f"odeint: `{name}` must be a real number, got dtype {kind}.")
     if _is_concrete(value) and not float(np.asarray(value)) > 0:
         raise ValueError(
             f"odeint: `{name}` must be positive, got {float(np.asarray(value))!r}. "
             "Typical values are rtol=1e-6, atol=1e-6 (or 1e-3 for training)."
         )
-    return arr
+    return arr if arr.dtype == dtype else arr.astype(dtype)
 
 
 def _prepare_y0(y0):
@@ -65,7 +71,7 @@ def _prepare_y0(y0):
         raise ValueError("odeint: `y0` has no array leaves; pass an array or a pytree of arrays.")
     out = []
     for leaf in leaves:
-        arr = jnp.asarray(leaf)
+        arr = leaf if isinstance(leaf, jax.Array | jax.core.Tracer) else jnp.asarray(leaf)
         if jnp.issubdtype(arr.dtype, jnp.complexfloating):
             raise TypeError(
                 "odeint: `y0` has a complex leaf; complex states are not supported. Split it "
@@ -109,15 +115,15 @@ def _check_f_output(f, t0, y0, args):
             )
 
 
-def _check_ts(ts):
-    ts = jnp.asarray(ts)
-    if ts.ndim != 1:
-        raise ValueError(f"odeint: `ts` must be a 1-D array of output times, got shape {ts.shape}.")
-    if ts.shape[0] < 1:
+def _check_ts(ts, dtype):
+    arr = ts if isinstance(ts, jax.Array | jax.core.Tracer) else np.asarray(ts)
+    if arr.ndim != 1:
+        raise ValueError(f"odeint: `ts` must be a 1-D array of output times, got shape {arr.shape}.")
+    if arr.shape[0] < 1:
         raise ValueError("odeint: `ts` must contain at least one time.")
-    if not (jnp.issubdtype(ts.dtype, jnp.floating) or jnp.issubdtype(ts.dtype, jnp.integer)):
-        raise TypeError(f"odeint: `ts` must hold real numbers, got dtype {ts.dtype}.")
-    return ts
+    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
+        raise TypeError(f"odeint: `ts` must hold real numbers, got dtype {arr.dtype}.")
+    return arr if arr.dtype == dtype else arr.astype(dtype)
 
 
 _TS_MESSAGE = (
@@ -133,6 +139,87 @@ def _monotonic(ts_np: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(ts_np)) and (np.all(d > 0) or np.all(d < 0)))
 
 
+class _Ref:
+    """Identity of a concrete array, held weakly (a compilation-cache key component)."""
+
+    __slots__ = ("_ref", "_id")
+
+    def __init__(self, obj):
+        self._ref = weakref.ref(obj)
+        self._id = id(obj)
+
+    def __hash__(self):
+        return self._id
+
+    def __eq__(self, other):
+        obj = self._ref()
+        return isinstance(other, _Ref) and obj is not None and other._ref() is obj
+
+
+def _is_concrete_array(x) -> bool:
+    return isinstance(x, np.ndarray) or (isinstance(x, jax.Array) and _is_concrete(x))
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):  # nested functions and lambdas
+            names |= _code_names(const)
+    return names
+
+
+def _captured_arrays(obj, depth: int, found: dict) -> None:
+    """Collect the concrete arrays a function reads from its closure, defaults and globals
+    (following functions, methods and partials it references, ``depth`` levels deep)."""
+    if depth < 0:
+        return
+    if isinstance(obj, functools.partial):
+        for item in (obj.func, *obj.args, *obj.keywords.values()):
+            _captured_arrays(item, depth, found)
+        return
+    if isinstance(obj, types.MethodType):
+        _captured_arrays(obj.__func__, depth, found)
+        return
+    if isinstance(obj, eqx.Module):  # its arrays are traced; its methods may read globals
+        _captured_arrays(getattr(type(obj), "__call__", None), depth, found)
+        return
+    if not isinstance(obj, types.FunctionType):
+        return
+    values = list(obj.__defaults__ or ())
+    for cell in obj.__closure__ or ():
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    values += [obj.__globals__[n] for n in _code_names(obj.__code__) if n in obj.__globals__]
+    for value in values:
+        if _is_concrete_array(value):
+            found[id(value)] = value
+        elif isinstance(value, types.FunctionType | types.MethodType | functools.partial):
+            _captured_arrays(value, depth - 1, found)
+        elif isinstance(value, eqx.Module | list | tuple | dict):
+            for leaf in jax.tree.leaves(value):
+                if _is_concrete_array(leaf):
+                    found[id(leaf)] = leaf
+                elif isinstance(leaf, types.FunctionType | functools.partial):
+                    _captured_arrays(leaf, depth - 1, found)
+
+
+def _fingerprint(f) -> tuple[_Ref, ...]:
+    """The arrays ``f`` captures, by identity: compiled programs are reused only while ``f``
+    sees the very same arrays (a global or closed-over array reassigned between two eager
+    calls compiles anew instead of silently reusing the old values)."""
+    found: dict = {}
+    _captured_arrays(f, 2, found)
+    refs = []
+    for value in found.values():
+        try:
+            refs.append(_Ref(value))
+        except TypeError:  # not weak-referenceable: cannot be tracked
+            continue
+    return tuple(refs)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Static:
     """Everything about a call that is compiled in (hashable: the compilation cache key)."""
@@ -145,6 +232,7 @@ class _Static:
     has_dt0: bool
     num_sub: int | None  # fixed-step solvers: sub-steps per output interval
     check_ts: bool  # check monotonic ts at run time (it was traced when odeint was called)
+    captured: tuple = ()  # identities of the arrays f captures (see _fingerprint)
 
 
 def _flat_field(f, y0, ts, args):
@@ -313,27 +401,31 @@ def odeint(
     dtype = jnp.result_type(*jax.tree.leaves(y0))
     # Concrete (non-traced) output times are checked on the host.
     ts_static = None if isinstance(ts, jax.core.Tracer) else np.asarray(ts)
-    ts = _check_ts(ts).astype(dtype)
-    rtol = _check_tolerance("rtol", rtol).astype(dtype)
-    atol = _check_tolerance("atol", atol).astype(dtype)
+    ts = _check_ts(ts, dtype)
+    rtol = _check_tolerance("rtol", rtol, dtype)
+    atol = _check_tolerance("atol", atol, dtype)
     if ts_static is not None and not _monotonic(ts_static.astype(np.float64)):
         raise ValueError(_TS_MESSAGE + f" Got ts={ts_static!r}.")
     check_ts = ts_static is None or not (_is_concrete(rtol) and _is_concrete(atol))
 
     num_sub = None
     if solver.adaptive:
-        probe = jnp.zeros((NUM_STATS,), dtype) if stats_probe is None else jnp.asarray(
-            stats_probe)
-        if probe.shape != (NUM_STATS,):
-            raise ValueError(f"odeint: `stats_probe` must have shape (4,), got {probe.shape}.")
+        probe = np.zeros((NUM_STATS,), dtype) if stats_probe is None else stats_probe
+        if np.shape(probe) != (NUM_STATS,):
+            raise ValueError(
+                f"odeint: `stats_probe` must have shape (4,), got {np.shape(probe)}."
+            )
         if dt0 is not None:
-            dt0_arr = jnp.asarray(dt0, dtype)
-            if dt0_arr.ndim != 0:
-                raise ValueError(f"odeint: `dt0` must be a scalar, got shape {dt0_arr.shape}.")
+            if np.ndim(dt0) != 0:
+                raise ValueError(f"odeint: `dt0` must be a scalar, got shape {np.shape(dt0)}.")
             if _is_concrete(dt0) and not float(np.asarray(dt0)) != 0:
                 raise ValueError("odeint: `dt0` must be non-zero.")
+            if isinstance(dt0, jax.core.Tracer | jax.Array):
+                dt0_arr = dt0 if dt0.dtype == dtype else dt0.astype(dtype)
+            else:
+                dt0_arr = np.asarray(dt0, dtype)
         else:
-            dt0_arr = jnp.zeros((), dtype)
+            dt0_arr = np.zeros((), dtype)
     else:
         if dt0 is None:
             raise ValueError(
@@ -348,8 +440,8 @@ def odeint(
         if not float(np.asarray(dt0)) != 0:
             raise ValueError("odeint: `dt0` must be non-zero.")
         num_sub = fixed_substeps(ts_static, dt0)
-        probe = jnp.zeros((NUM_STATS,), dtype)
-        dt0_arr = jnp.asarray(dt0, dtype)
+        probe = np.zeros((NUM_STATS,), dtype)
+        dt0_arr = np.asarray(dt0, dtype)
 
     static = _Static(
         solver=solver,
@@ -360,5 +452,6 @@ def odeint(
         has_dt0=dt0 is not None,
         num_sub=num_sub,
         check_ts=check_ts,
+        captured=_fingerprint(f),
     )
     return _odeint_compiled(f, y0, ts, args, rtol, atol, dt0_arr, probe, static)

@@ -161,6 +161,11 @@ class AbstractAdaptiveSolver(AbstractSolver):
         return self.tableau.interp.shape[1]
 
     @property
+    def num_nodes(self) -> int:
+        """Quadrature nodes per step (stages with a non-zero solution weight)."""
+        return int(np.count_nonzero(self.tableau.b))
+
+    @property
     def dense_costs_evaluations(self) -> bool:
         """Whether :meth:`dense` evaluates the vector field (Dopri8's extra stages)."""
         return self.tableau.num_extra > 0

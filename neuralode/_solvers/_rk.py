@@ -58,12 +58,13 @@ def rk_step(tab: ButcherTableau, g: Field, t, y, f0, h, t_hi=None, quad: bool = 
     ``f0`` is such a pair; the result then carries the quadrature increment and its error.
     """
     k0, d0 = _split(f0, quad)
-    ks, ds = [k0], [d0]
+    ks, ds, ys = [k0], [d0], [y]
     for i in range(1, tab.num_stages):
         yi = combine(y, h, tab.a[i, :i], ks)
         k, d = _split(g(stage_time(t, tab.c[i], h, t_hi), yi), quad)
         ks.append(k)
         ds.append(d)
+        ys.append(yi)
     y1 = combine(y, h, tab.b, ks)
     nfe = tab.num_stages - 1
     if tab.fsal:
@@ -80,8 +81,10 @@ def rk_step(tab: ButcherTableau, g: Field, t, y, f0, h, t_hi=None, quad: bool = 
         if tab.b_err is not None:
             q_err = combine(None, h, tab.b_err, ds)
     stages = list(ks) if tab.fsal else list(ks) + [_split(f1, quad)[0]]
+    nodes = tuple((float(tab.c[i]), float(tab.b[i]), ys[i]) for i in range(tab.num_stages)
+                  if tab.b[i] != 0.0)
     return StepResult(y1=y1, f1=f1, err=err, err2=err2, q_inc=q_inc, q_err=q_err,
-                      stages=stages, nfe=nfe)
+                      stages=stages, nfe=nfe, nodes=nodes)
 
 
 def rk_dense(tab: ButcherTableau, g: Field, t, y, h, stages, t_hi=None, quad: bool = False):

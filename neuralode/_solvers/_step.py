@@ -22,6 +22,10 @@ class StepResult(NamedTuple):
             a Newton iteration that did not converge); ``None`` means always ``True``.
         njev: Jacobian evaluations spent by the step (implicit methods).
         nlinsolve: Linear solves spent by the step (implicit methods).
+        nodes: ``(c_j, b_j, y_j)`` triples: the stage times ``t + c_j·h``, solution weights
+            and stage states at which the step evaluated the field, so that a quadrature along
+            the step is ``h Σ b_j g(t + c_j h, y_j)`` (static ``c_j``, ``b_j``); ``None`` if
+            the method has none.
     """
 
     y1: Any
@@ -35,3 +39,4 @@ class StepResult(NamedTuple):
     ok: Any = None
     njev: Any = 0
     nlinsolve: Any = 0
+    nodes: Any = None
