@@ -18,7 +18,6 @@ import pytest
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
-pytest.importorskip("mlxtend")
 pytest.importorskip("matplotlib")
 
 
