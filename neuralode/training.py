@@ -132,8 +132,8 @@ class TrainingError(RuntimeError):
     Attributes:
         step: the 1-based number of the step that failed (the run had completed
             ``step - 1`` steps).
-        samples: indices into that step's batch of the samples that fail on their own, if
-            they could be found, else ``None``.
+        samples: indices into that step's batch of the samples that fail on their own (empty
+            if none does), or ``None`` if they were not looked for.
         checkpoint: the checkpoint file holding the last good state, if any.
     """
 
@@ -1165,26 +1165,30 @@ class Trainer:
         """
         if self.run_dir is None or not self.run_dir.is_dir():
             return None
-        candidates = [self.run_dir / CHECKPOINT_NAME] + [p for _, p in _history(self.run_dir)]
-        valid, damaged = [], []
-        for rank, path in enumerate(candidates):
+        # checkpoint.eqx first, then the kept ones newest first, until none can be newer
+        candidates = [(None, self.run_dir / CHECKPOINT_NAME), *_history(self.run_dir)]
+        best, damaged = None, []
+        for named_step, path in candidates:
+            if best is not None and named_step is not None and named_step <= best[0]:
+                break
             if not path.is_file():
                 continue
             try:
                 metadata, payload = _read_checkpoint(path)
             except CheckpointCorruptError as e:
-                damaged.append((path, e))
+                damaged.append(e)
                 continue
-            valid.append((int(metadata.get("step", -1)), -rank, path, metadata, payload))
-        if not valid:
+            step = int(metadata.get("step", -1))
+            if best is None or step > best[0]:
+                best = (step, path, metadata, payload)
+        if best is None:
             if not damaged:
                 return None
             raise CheckpointCorruptError(
-                f"no valid checkpoint in {str(self.run_dir)!r}: "
-                + " ".join(str(e) for _, e in damaged)
+                f"no valid checkpoint in {str(self.run_dir)!r}: " + " ".join(map(str, damaged))
             )
-        step, _, path, metadata, payload = max(valid, key=lambda v: v[:2])
-        for _, error in damaged:
+        step, path, metadata, payload = best
+        for error in damaged:
             warnings.warn(
                 f"{error} Resuming from {str(path)!r} (step {step}) instead.",
                 RuntimeWarning,
@@ -1346,7 +1350,12 @@ class Trainer:
                     done,
                 )
 
-        def stop(message: str, failed_step: int, samples: list[int] | None = None) -> None:
+        def stop(
+            message: str,
+            failed_step: int,
+            samples: list[int] | None = None,
+            cause: BaseException | None = None,
+        ) -> None:
             """Checkpoint the last good state, then raise TrainingError."""
             nonlocal saved_step
             good = TrainState(model=model, opt_state=opt_state, step=step)
@@ -1364,7 +1373,7 @@ class Trainer:
                 step=failed_step,
                 samples=samples,
                 checkpoint=self.checkpoint_path if where else None,
-            )
+            ) from cause
 
         t_start = t_last = time.perf_counter()
         step_last = step
@@ -1385,10 +1394,13 @@ class Trainer:
                     located = ""
                     if samples:
                         located = f" It fails for sample(s) {samples} of the step's batch."
+                    elif samples == []:
+                        located = " No sample of the step's batch fails on its own."
                     stop(
                         f"training step {step + 1} failed: {_error_message(error)}{located}",
                         step + 1,
                         samples,
+                        cause=error,
                     )
                 settle()
                 model, opt_state, loss, aux, ok = self._update_fn(
