@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -858,9 +859,31 @@ def _strong(tree: PyTree) -> PyTree:
     )
 
 
+_DEVICE_PUT_COPIES = "may_alias" in inspect.signature(jax.device_put).parameters
+
+
 def _copy_arrays(tree: PyTree) -> PyTree:
-    """Fresh device buffers for every JAX array of ``tree``, so donating them harms no caller."""
-    return jax.tree.map(lambda x: jnp.array(x, copy=True) if isinstance(x, jax.Array) else x, tree)
+    """Fresh device buffers for every JAX array of ``tree``, so donating them harms no caller.
+
+    ``jax.device_put(x, may_alias=False)`` copies without compiling anything (older JAX: a
+    compiled copy per shape).
+    """
+
+    def copy(x):
+        if not isinstance(x, jax.Array):
+            return x
+        return jax.device_put(x, may_alias=False) if _DEVICE_PUT_COPIES else jnp.array(x, copy=True)
+
+    return jax.tree.map(copy, tree)
+
+
+def _host_all_finite(tree: PyTree) -> bool:
+    """Whether every floating-point entry of ``tree`` is finite, checked on the host."""
+    return all(
+        bool(np.all(np.isfinite(np.asarray(x))))
+        for x in jax.tree.leaves(tree)
+        if eqx.is_inexact_array(x)
+    )
 
 
 def _scalar_metrics(aux: dict[str, Any]) -> dict[str, float | int]:
@@ -1083,11 +1106,11 @@ class Trainer:
     def compile(
         self, model: PyTree, batch: Any, *, compiler_options: dict[str, Any] | None = None
     ) -> dict[str, int]:
-        """Compile the loss-and-gradient program ahead of time for ``batch``'s shapes.
+        """Compile the step's two programs ahead of time for ``batch``'s shapes.
 
-        ``fit`` then uses this executable (so every batch must have these shapes and dtypes)
-        and compiles nothing more for it. Useful to pass XLA ``compiler_options`` or to
-        measure memory before training.
+        ``fit`` then uses these executables (so every batch must have these shapes and dtypes)
+        and compiles nothing more. Useful to pass XLA ``compiler_options`` or to measure memory
+        before training.
 
         Args:
             model: the model to train (only its structure, shapes and dtypes matter).
@@ -1095,18 +1118,32 @@ class Trainer:
             compiler_options: XLA options for this compilation.
 
         Returns:
-            XLA's memory analysis of the program, ``{"temp_bytes", "argument_bytes",
+            XLA's memory analysis of the loss-and-gradient program (the one whose memory grows
+            with the model and the batch), ``{"temp_bytes", "argument_bytes",
             "output_bytes"}``, or ``{}`` where the backend reports none.
         """
         state = self.init_state(model)
         key = step_keys(self.seed, 0)[1]
-        m = state.model
+        m, opt_state = state.model, state.opt_state
         if self.mesh is not None:
-            m, batch = replicate(m, self.mesh), shard_batch(batch, self.mesh)
-        lowered = _grads_jit.lower(self.loss_fn, self.has_aux, self.mesh, m, batch, key)
-        compiled = lowered.compile(compiler_options)
-        self._grads_fn = compiled
-        analysis = compiled.compiled.memory_analysis()
+            m, opt_state = replicate((m, opt_state), self.mesh)
+            batch = shard_batch(batch, self.mesh)
+        args = (self.loss_fn, self.has_aux, self.mesh, m, batch, key)
+        grads = _grads_jit.lower(*args).compile(compiler_options)
+        # The update program takes the gradient program's outputs: zeros of their shapes,
+        # placed as they will be (stacked per device under a mesh).
+        placement = None
+        if self.mesh is not None:
+            placement = NamedSharding(self.mesh, PartitionSpec(self.mesh.axis_names[0]))
+        outputs = jax.tree.map(
+            lambda s: jax.device_put(jnp.zeros(s.shape, s.dtype), placement),
+            eqx.filter_eval_shape(_grads_program, *args),
+        )
+        update_jit = _update_donating if self.donate else _update_plain
+        inputs = (self.optimizer, self.mesh is not None, *outputs)
+        self._update_fn = update_jit.lower(inputs, m, opt_state).compile(compiler_options)
+        self._grads_fn = grads
+        analysis = grads.compiled.memory_analysis()
         if analysis is None:
             return {}
         return {
@@ -1124,7 +1161,7 @@ class Trainer:
         if self.run_dir is None or jax.process_index() != 0:
             return
         model, opt_state = _to_host((state.model, state.opt_state))
-        if not bool(_all_finite(eqx.filter(model, eqx.is_inexact_array))):
+        if not _host_all_finite(model):
             raise TrainingError(
                 f"refusing to checkpoint a model with NaN or inf parameters at step "
                 f"{state.step}; the previous checkpoints in {str(self.run_dir)!r} are kept. "
