@@ -209,6 +209,17 @@ def test_load_checkpoint_errors(tmp_path):
         training.load_checkpoint(tmp_path / "missing.eqx", {"w": jnp.zeros(3)})
 
 
+def test_checkpoints_from_before_checksums_still_load(tmp_path):
+    path = tmp_path / "v1.eqx"
+    with open(path, "wb") as f:  # the v1 layout: magic, metadata line, leaves
+        f.write(b"NEURALODE-CHECKPOINT v1\n" + b'{"step": 4}\n')
+        eqx.tree_serialise_leaves(f, {"w": jnp.arange(3.0)})
+    tree, meta = training.load_checkpoint(path, {"w": jnp.zeros(3)})
+    assert meta == {"step": 4} and tree["w"].tolist() == [0.0, 1.0, 2.0]
+    training.save_checkpoint(path, {"w": jnp.arange(3.0)}, {"step": 4})
+    assert path.read_bytes().startswith(b"NEURALODE-CHECKPOINT v2\n")
+
+
 def test_metrics_and_config(tmp_path):
     trainer = make_trainer(tmp_path, log_every=2, config={"lr": 1e-2, "model": "mlp"})
     trainer.fit(make_model(), 5)
