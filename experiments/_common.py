@@ -1,10 +1,11 @@
 """Helpers shared by the experiment scripts of ``experiments/`` (private, not library API).
 
-Run folders and their files (atomic JSON/JSONL writes, tolerant reads, the check that a resumed
-sub-run was trained with the same settings, cached evaluation records, training time from a
-Trainer's ``metrics.jsonl``), machine information, command-line boilerplate, matplotlib setup
-and figure saving, and the CNF helpers that ``density_matching.py`` and ``max_likelihood.py``
-share.
+Run folders and their files (atomic JSON/JSONL writes, tolerant reads, starting over with
+``--fresh``, cached evaluation records, training time from a Trainer's ``metrics.jsonl``),
+machine information, command-line boilerplate, matplotlib setup and figure saving, and the CNF
+helpers that ``density_matching.py`` and ``max_likelihood.py`` share. Whether a sub-run may be
+resumed (same seed, same settings) is checked by ``neuralode.training.Trainer.restore`` itself,
+for every script alike.
 
 Scripts use it as ``from experiments import _common as C``, both when imported as
 ``experiments.<name>`` and when run as ``python experiments/<name>.py`` or loaded from their
@@ -20,6 +21,7 @@ import json
 import os
 import pathlib
 import platform
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -126,48 +128,55 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_folder(out: str | None, experiment: str, preset: str) -> pathlib.Path:
+def start_fresh(path: pathlib.Path) -> pathlib.Path | None:
+    """Move an existing run folder aside, so that a run started in it begins from scratch.
+
+    The folder is renamed to a timestamped sibling ``<name>.old-<YYYYmmdd-HHMMSS>`` (with a
+    ``-2``, ``-3``, ... suffix if that exists too); nothing is deleted. This is what the
+    scripts' ``--fresh`` flag does.
+
+    Args:
+        path: The run folder.
+
+    Returns:
+        Where the old folder went, or ``None`` if there was no folder or it was empty.
+
+    Example:
+        >>> start_fresh(pathlib.Path("runs/spirals-smoke"))  # doctest: +SKIP
+        PosixPath('runs/spirals-smoke.old-20250101-120000')
+    """
+    if not path.is_dir() or not any(path.iterdir()):
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.old-{stamp}")
+    counter = 2
+    while target.exists():
+        target = path.with_name(f"{path.name}.old-{stamp}-{counter}")
+        counter += 1
+    path.rename(target)
+    print(f"--fresh: moved the previous run folder {path} to {target}", flush=True)
+    return target
+
+
+def run_folder(
+    out: str | None, experiment: str, preset: str, *, fresh: bool = False
+) -> pathlib.Path:
     """Create (if needed) and return the run folder of an experiment.
 
     Args:
         out: The ``--out`` argument, or ``None`` for the default ``runs/<experiment>-<preset>``.
         experiment: The experiment's name.
         preset: The preset's name.
+        fresh: Move an existing folder aside first (:func:`start_fresh`).
 
     Returns:
         The run folder.
     """
     path = pathlib.Path(out or f"runs/{experiment}-{preset}")
+    if fresh:
+        start_fresh(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def check_same_config(run_dir: pathlib.Path, config: dict[str, Any]) -> None:
-    """Refuse to resume a sub-run whose checkpoint was trained with other settings.
-
-    Settings that the stored ``config.json`` does not know (added to the script later) are
-    not compared.
-
-    Args:
-        run_dir: The sub-run's folder (a ``neuralode.training.Trainer`` run directory).
-        config: The configuration the Trainer is about to be given.
-
-    Raises:
-        SystemExit: If the folder holds a checkpoint and a stored setting differs.
-    """
-    import neuralode as nde
-
-    path = run_dir / nde.training.CONFIG_NAME
-    if not (run_dir / nde.training.CHECKPOINT_NAME).is_file() or not path.is_file():
-        return
-    stored = json.loads(path.read_text()).get("config") or {}
-    current = json.loads(json.dumps(config, default=repr))
-    changed = sorted(k for k in stored if stored[k] != current.get(k))
-    if changed:
-        raise SystemExit(
-            f"{run_dir} holds a checkpoint trained with other settings ({', '.join(changed)}); "
-            "use another --out (or delete the folder) instead of resuming it."
-        )
 
 
 def train_time(metrics_path: pathlib.Path, upto_step: int | None = None) -> float:
@@ -321,7 +330,8 @@ def experiment_parser(
     """An argument parser with the options every experiment script has.
 
     ``--preset`` (default ``small``), ``--out`` (default ``runs/<experiment>-<preset>``),
-    ``--seed`` (default 0) and ``--no-progress``; scripts add their own options to it.
+    ``--seed`` (default 0), ``--no-progress`` and ``--fresh``; scripts add their own options
+    to it.
 
     Args:
         description: The parser's description (the script docstring's first line).
@@ -339,7 +349,22 @@ def experiment_parser(
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help=progress_help)
+    add_fresh_flag(parser)
     return parser
+
+
+def add_fresh_flag(parser: argparse.ArgumentParser) -> None:
+    """Add ``--fresh``: start over, moving an existing run folder aside (:func:`start_fresh`).
+
+    Without it a script resumes what its run folder holds, and refuses to resume a model
+    trained with other settings (``neuralode.training.Trainer.restore``).
+    """
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over: move an existing run folder aside to <out>.old-<timestamp> "
+        "(default: resume it; a resume with other settings is refused)",
+    )
 
 
 def comma_list(text: str) -> list[str]:

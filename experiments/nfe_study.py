@@ -17,7 +17,8 @@ folder has no trained ODE-Net, one is trained first with mnist.py's same preset 
 Run: ``python experiments/nfe_study.py --preset small --from runs/mnist-small
 --out runs/nfe_study-small``. Writes config.json, metrics.jsonl (one row per tolerance),
 summary.json and PNGs (fig3.png and one per panel). Re-running reuses the rows of completed
-tolerances when the configuration and the checkpoint are unchanged.
+tolerances when the configuration and the checkpoint are unchanged; ``--fresh`` starts over,
+moving the old run folder (with an ODE-Net trained into it) aside to ``<out>.old-<timestamp>``.
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     cfg = dict(PRESETS[args.preset])
     options = mnist.compiler_options(cfg)
-    out = C.run_folder(args.out, EXPERIMENT, args.preset)
+    out = C.run_folder(args.out, EXPERIMENT, args.preset, fresh=args.fresh)
 
     from_dir = pathlib.Path(args.from_dir or f"runs/mnist-{args.preset}")
     trained_here = False

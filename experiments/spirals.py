@@ -21,8 +21,10 @@ the headline: the paper's latent ODE numbers (0.13-0.16) lie below the data's no
 (std 0.3 per coordinate), so they cannot be errors against noisy targets.
 
 Run ``python experiments/spirals.py --preset {smoke,small,paper} --out runs/spirals-<preset>``;
-running the same command again resumes every part from its checkpoint. ``--set key=value``
-overrides a preset entry (see ``PRESETS``), e.g. ``--set steps=500``.
+running the same command again resumes every part from its checkpoint; a part whose settings
+changed since its checkpoint was written is refused (``Trainer.restore`` lists the keys), and
+``--fresh`` starts over, moving the old run folder aside to ``<out>.old-<timestamp>``.
+``--set key=value`` overrides a preset entry (see ``PRESETS``), e.g. ``--set steps=500``.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import neuralode as nde
 
 if not __package__:  # run as a script or loaded from its file: make the package importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments._common import machine_info
+from experiments._common import add_fresh_flag, machine_info, start_fresh
 from experiments._common import pyplot as _plt
 from experiments._common import read_json as _read_json
 from experiments._common import read_jsonl as _read_jsonl
@@ -1244,6 +1246,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a preset entry (repeatable), e.g. --set steps=200",
     )
+    add_fresh_flag(parser)
     return parser
 
 
@@ -1252,6 +1255,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     cfg = resolve_config(args.preset, args.overrides)
     out = pathlib.Path(args.out or f"runs/{EXPERIMENT}-{args.preset}")
+    if args.fresh:
+        start_fresh(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg["x64"]:
         jax.config.update("jax_enable_x64", True)

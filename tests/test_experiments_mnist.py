@@ -18,7 +18,6 @@ import pytest
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
 
-pytest.importorskip("mlxtend")
 pytest.importorskip("matplotlib")
 
 
@@ -98,6 +97,11 @@ def test_mnist_rerun_resumes_without_redoing_steps(mnist, tmp_path):
     assert steps == list(range(1, 2 * len(first) + 1))
     assert _jsonl(tmp_path / "mlp" / "metrics.jsonl")[: len(first)] == first
     assert summary["metrics"]["mlp"]["steps"] == 2 * len(first)
+    # another learning rate is refused (it used to resume silently and overwrite config.json)
+    stored = (tmp_path / "mlp" / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"Changed: lr: \S+ -> 0\.5\. .*--fresh"):
+        mnist.main(args + ["--epochs", "2", "--set", "lr=0.5"])
+    assert (tmp_path / "mlp" / "config.json").read_text() == stored
 
 
 def test_im2col_field_matches_conv_field(mnist):

