@@ -482,6 +482,8 @@ def run(
         # The controller. A step clipped to land on a stop or the end keeps the proposal it
         # was clipped from, if larger (landing says nothing about the size the error allows).
         factor = step_factor(ratio, prev, accepted, rej_last, order, ctrl, beta)
+        if res.ok is not None:  # a failed step (e.g. Newton) shrinks as far as allowed
+            factor = jnp.where(res.ok, factor, ctrl.factormin)
         h_new = jnp.minimum(h_eff * factor, dtmax)
         h_new = lax.stop_gradient(jnp.where(accepted & clip, jnp.maximum(h_new, h), h_new))
         t_new = jnp.where(accepted, t1, t)
