@@ -44,17 +44,17 @@ from ._controller import rms_norm
 from ._forward import NUM_STATS, Primal, Problem, field, forward, internal, sensitivity
 from ._integrate import (
     ACCEPTED,
-    H,
     NFE,
     REJECTED,
     RESULT,
     STEPS,
-    T,
+    H,
     LoopConfig,
     LoopState,
     Nodes,
     Recorder,
     Stops,
+    T,
     run,
     start,
 )
@@ -259,8 +259,8 @@ def _tolerances(mode, problem: Problem):
 def _time_grads(problem: Problem, x: Primal, ys, ct, a0):
     """``dL/dts`` from the output cotangents and the adjoint ``a0`` arriving at ``ts[0]``."""
     fs = jax.vmap(lambda t, y: field(problem, x, t, y))(x.ts, ys)
-    g = jnp.sum(ct * fs, axis=1)
-    return g.at[0].set(-jnp.dot(a0, fs[0]))
+    g = jnp.sum(ct * fs, axis=1).astype(x.ts.dtype)
+    return g.at[0].set(-jnp.dot(a0, fs[0]).astype(x.ts.dtype))
 
 
 def _stats(st_end: LoopState, st_start: LoopState | None = None):
@@ -380,7 +380,6 @@ def _stop_times(taus):
 
 def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_result, ct):
     n_out, n = ys.shape
-    dtype = ys.dtype
     params_flat, unravel = ravel_pytree(x.params)
     m = params_flat.shape[0]
     skip = fwd_result != Result.successful
@@ -401,16 +400,17 @@ def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_resu
         if mode.seminorm:
             fz, vjp = jax.vjp(lambda zz: fn(t, zz, x.params), z)
             (a_z,) = vjp(a)
-            return jnp.concatenate([-sign * fz, sign * a_z])
+            return jnp.concatenate([-sign * fz, sign * a_z]).astype(s.dtype)
         fz, vjp = jax.vjp(lambda zz, pp: fn(t, zz, pp), z, x.params)
         a_z, a_p = vjp(a)
-        return jnp.concatenate([-sign * fz, sign * a_z]), sign * ravel_pytree(a_p)[0]
+        ds = jnp.concatenate([-sign * fz, sign * a_z]).astype(s.dtype)
+        return ds, (sign * ravel_pytree(a_p)[0]).astype(params_flat.dtype)
 
     def flush(buf):
         t = -sign * buf["t"]
         z, a = buf["y"][:, :n], buf["y"][:, n:]
         _, vjp = jax.vjp(lambda p: jax.vmap(lambda tt, zz: fn(tt, zz, p))(t, z), x.params)
-        (a_p,) = vjp(sign * buf["w"][:, None] * a)
+        (a_p,) = vjp((sign * buf["w"][:, None] * a).astype(a.dtype))
         return ravel_pytree(a_p)[0]
 
     def jump(s, y, q):
@@ -427,7 +427,7 @@ def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_resu
     rho_end = jnp.where(skip, rho0, -taus[0])
     lcfg = _adjoint_config(mode, problem)
     s0 = jnp.concatenate([ys[-1], ct[-1]])
-    st = start(g, lcfg, rho0, rho_end, s0, jnp.zeros((m,), dtype), rtol, atol)
+    st = start(g, lcfg, rho0, rho_end, s0, jnp.zeros((m,), params_flat.dtype), rtol, atol)
     stops = Stops(_stop_times(taus), jump)
     st = _integrate_adjoint(mode, problem, g, flush, st, rho_end, rtol, atol, stops,
                             st.ints[STEPS] + problem.cfg.max_steps)
@@ -443,9 +443,11 @@ def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_resu
 def _walk(problem: Problem, x: Primal, n_acc, rec, recorder: Recorder, leaf, carry, bstats):
     """Process every recorded forward step in reverse time order.
 
-    ``leaf(recorder, buf, level, count, seg_end, carry) -> carry`` handles a record whose
-    entries are consecutive steps (stride one); records with a larger stride are replayed
-    into finer ones first. Returns ``(carry, bstats)`` with the replays' statistics added.
+    ``leaf(recorder, buf, level, count, seg_end, carry) -> carry`` handles a record of the last
+    level, whose entries are consecutive steps (stride one) ending at ``seg_end``. Every other
+    level is cut into pieces, from the last: where its stride is one, runs of consecutive
+    entries are copied down; otherwise each entry is replayed into a finer record. The leaf is
+    traced once. Returns ``(carry, bstats)`` with the replays' statistics added.
     """
     cfg = problem.cfg
     _, taus, g = internal(problem, x)
@@ -454,41 +456,48 @@ def _walk(problem: Problem, x: Primal, n_acc, rec, recorder: Recorder, leaf, car
     bits = child.bits
     t_end = taus[-1]
     lcfg = cfg.loop
+    degree = cfg.solver.dense_degree
 
-    def process(depth, rec_obj, buf, level, count, exp, seg_end, k_base, carry, bstats):
-        leaf_count = jnp.where(exp == 0, count, 0)
-        carry = leaf(rec_obj, buf, level, leaf_count, seg_end, carry)
-        if depth == levels - 1:
-            return carry, bstats
+    def process(depth, rec_obj, buf, level, count, exp, seg_end, carry, bstats):
+        if depth == levels - 1:  # the stride is one here (_record_levels guarantees it)
+            return leaf(rec_obj, buf, level, count, seg_end, carry), bstats
+        copy = exp == 0
+        pieces = jnp.where(copy, (count + lower - 1) // lower, count)
 
         def body(c):
-            j, carry, bstats, seg_end_j = c
+            p, carry, bstats, seg_end_p = c
+            # Copy: entries [lo, hi) of a stride-one record (its slots are in entry order).
+            hi = count - p * lower
+            lo = jnp.maximum(hi - lower, 0)
+            copied = {k: lax.dynamic_slice_in_dim(v, lo, lower) for k, v in buf.items()}
+            # Replay: entry j, stride 2^exp, into a record of stride 2^(exp - bits).
+            j = jnp.maximum(count - 1 - p, 0)
             st_j, _ = rec_obj.entry(buf, level, j)
-            k_start = k_base + (j << exp)
-            n_seg = jnp.minimum(1 << exp, n_acc - k_start)
-            exp_child = jnp.maximum(exp - bits, 0)
             k0 = st_j.ints[ACCEPTED]
-            init = child.init(st_j, cfg.solver.dense_degree, level=exp_child, k0=k0)
-            st_end, _, (cbuf, clevel, _), _ = run(
+            n_seg = jnp.where(copy, 0, jnp.minimum(1 << exp, n_acc - k0))
+            exp_child = jnp.maximum(exp - bits, 0)
+            init = child.init(st_j, degree, level=exp_child, k0=k0)
+            st_end, _, (replayed, _, _), _ = run(
                 g, lcfg, st_j, t_end, problem.rtol, problem.atol, recorder=child, rec=init,
                 count_end=k0 + n_seg,
             )
             bstats = bstats + _stats(st_end, st_j)
-            c_count = (n_seg + (1 << exp_child) - 1) >> exp_child
-            carry, bstats = process(depth + 1, child, cbuf, clevel, c_count, exp_child,
-                                    seg_end_j, k_start, carry, bstats)
-            return j - 1, carry, bstats, st_j.fs[T]
+            c_buf = jax.tree.map(lambda a, b: jnp.where(copy, a, b), copied, replayed)
+            c_count = jnp.where(copy, hi - lo, (n_seg + (1 << exp_child) - 1) >> exp_child)
+            c_exp = jnp.where(copy, 0, exp_child)
+            carry, bstats = process(depth + 1, child, c_buf, c_exp, c_count, c_exp, seg_end_p,
+                                    carry, bstats)
+            next_end = jnp.where(copy, buf["fs"][lo, T], st_j.fs[T])
+            return p + 1, carry, bstats, next_end
 
-        first = jnp.where(exp > 0, count - 1, -1)
         _, carry, bstats, _ = lax.while_loop(
-            lambda c: c[0] >= 0, body, (first, carry, bstats, seg_end)
+            lambda c: c[0] < pieces, body, (jnp.zeros((), jnp.int32), carry, bstats, seg_end)
         )
         return carry, bstats
 
     buf, level, _ = rec
     count = (n_acc + (1 << level) - 1) >> level
-    return process(0, recorder, buf, level, count, level, t_end, jnp.zeros((), jnp.int32),
-                   carry, bstats)
+    return process(0, recorder, buf, level, count, level, t_end, carry, bstats)
 
 
 def _step_size(st: LoopState, t_end):
@@ -518,7 +527,7 @@ def _checkpoint(mode: CheckpointAdjoint, problem: Problem, x: Primal, ys, n_acc,
 
     def step_map(y, params, t, h):
         def g(tau, yy):
-            return sign * problem.fn(sign * tau, yy, params, problem.nondiff)
+            return (sign * problem.fn(sign * tau, yy, params, problem.nondiff)).astype(yy.dtype)
 
         f0 = g(t, y)
         res = solver.step(g, t, y, f0, h, t_end)
@@ -539,8 +548,9 @@ def _checkpoint(mode: CheckpointAdjoint, problem: Problem, x: Primal, ys, n_acc,
             def gather(cc):
                 jo, ct_c, ct_y = cc
                 theta = (taus[jo] - t) / h
-                powers = theta ** jnp.arange(1, solver.dense_degree + 1, dtype=dtype)
-                return jo - 1, ct_c + powers[:, None] * ct[jo][None, :], ct_y + ct[jo]
+                powers = theta ** jnp.arange(1, solver.dense_degree + 1, dtype=theta.dtype)
+                ct_c = ct_c + (powers[:, None] * ct[jo][None, :]).astype(dtype)
+                return jo - 1, ct_c, ct_y + ct[jo]
 
             ct_c0 = jnp.zeros((solver.dense_degree, n), dtype)
             j_out, ct_c, ct_y = lax.while_loop(more, gather, (j_out, ct_c0, jnp.zeros_like(y)))
@@ -573,7 +583,6 @@ def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_
                   rec, ct):
     cfg = problem.cfg
     n_out, n = ys.shape
-    dtype = ys.dtype
     params_flat, unravel = ravel_pytree(x.params)
     m = params_flat.shape[0]
     skip = fwd_result != Result.successful
@@ -597,15 +606,16 @@ def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_
             if mode.seminorm:
                 _, vjp = jax.vjp(lambda zz: fn(t, zz, x.params), z)
                 (a_z,) = vjp(a)
-                return sign * a_z
+                return (sign * a_z).astype(a.dtype)
             _, vjp = jax.vjp(lambda zz, pp: fn(t, zz, pp), z, x.params)
             a_z, a_p = vjp(a)
-            return sign * a_z, sign * ravel_pytree(a_p)[0]
+            return (sign * a_z).astype(a.dtype), (sign * ravel_pytree(a_p)[0]).astype(
+                params_flat.dtype)
 
         def flush(buf):
             t, z = -sign * buf["t"], jax.vmap(z_of)(-buf["t"])
             _, vjp = jax.vjp(lambda p: jax.vmap(lambda tt, zz: fn(tt, zz, p))(t, z), x.params)
-            (a_p,) = vjp(sign * buf["w"][:, None] * buf["y"])
+            (a_p,) = vjp((sign * buf["w"][:, None] * buf["y"]).astype(buf["y"].dtype))
             return ravel_pytree(a_p)[0]
 
         return g, flush
@@ -624,7 +634,7 @@ def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_
             j = jnp.clip(jnp.sum(ts_buf <= tau) - 1, 0, jnp.maximum(count - 1, 0))
             st_j = LoopState(buf["y"][j], buf["f"][j], None, buf["fs"][j], buf["ints"][j])
             theta = jnp.clip((tau - st_j.fs[T]) / _step_size(st_j, t_end), 0.0, 1.0)
-            return eval_dense(buf["y"][j], buf["c"][j], theta)
+            return eval_dense(buf["y"][j], buf["c"][j], theta).astype(buf["y"].dtype)
 
         g, flush = make(z_of)
         rho_to = jnp.where(count > 0, -buf["fs"][0, T], st_adj.fs[T])
@@ -637,7 +647,8 @@ def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_
     # the guess; the derivative at ρ0 itself is exact there).
     g0, _ = make(lambda tau: ys[-1])
     rho_end = jnp.where(skip, rho0, -taus[0])
-    st0 = start(g0, lcfg, rho0, rho_end, ct[-1], jnp.zeros((m,), dtype), rtol, atol)
+    st0 = start(g0, lcfg, rho0, rho_end, ct[-1], jnp.zeros((m,), params_flat.dtype), rtol,
+                atol)
     bstats = jnp.zeros((NUM_STATS,), jnp.int32)
     limit = st0.ints[STEPS] + cfg.max_steps
     (st, _), bstats = _walk(problem, x, n_acc, rec, mode.recorder(cfg), leaf, (st0, limit),
@@ -659,7 +670,7 @@ def _forward_mode(problem: Problem, x: Primal, ys, ct):
     jac, stats = jax.vmap(lambda e: sensitivity(problem, x, ys, unravel(e), with_stats=True))(
         basis
     )
-    g = unravel(jnp.tensordot(jac, ct, axes=ct.ndim))
+    g = unravel(jnp.tensordot(jac, ct, axes=ct.ndim).astype(flat.dtype))
     return Primal(g.y0, g.ts, g.params, stats[0].astype(x.probe.dtype))
 
 

@@ -113,9 +113,9 @@ def initial_step(fn, t0, y0, f0, t_end, error_order: int, rtol, atol, full_y0=No
     h0 = jnp.minimum(h0, span)
     t1 = jnp.minimum(t0 + h0, t_end)  # never past the final time, not even by an ulp
     if full_y0 is None:
-        f1 = fn(t1, y0 + h0 * f0)
+        f1 = fn(t1, (y0 + h0 * f0).astype(y0.dtype))
     else:
-        f1 = fn(t1, full_y0 + h0 * full_f0)
+        f1 = fn(t1, (full_y0 + h0 * full_f0).astype(full_y0.dtype))
     d2 = rms_norm((f1 - f0) / scale) / h0
     dmax = jnp.maximum(d1, d2)
     h1 = jnp.where(

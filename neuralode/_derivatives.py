@@ -33,8 +33,8 @@ import jax.numpy as jnp
 
 from ._adjoint import backward_from_scratch
 from ._forward import Primal, Problem, forward, sensitivity
-from ._integrate import ACCEPTED, RESULT, stats_of
-from ._primitive import Rules, bind, fill_zeros, has_tangent, only_undefined
+from ._integrate import RESULT, STAT_NAMES, LoopState, stats_of, time_dtype
+from ._primitive import Rules, bind, fill_zeros, has_tangent, only_undefined, undefined
 from ._solution import RESULT_MESSAGES, Result
 
 _THIRD_ORDER = (
@@ -72,7 +72,17 @@ def _solve_impl(problem: Problem, x: Primal, record: bool):
 
 
 def _solve_abstract(problem: Problem, x: Primal, record: bool):
-    return jax.eval_shape(lambda p, xx: _solve_impl(p, xx, record), problem, x)
+    # Written out (not jax.eval_shape of the solve): tracing the whole loop again at every
+    # bind would double the trace time of every program that solves.
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    stats = {name: scalar for name in STAT_NAMES}
+    recorder = _recorder(problem, record)
+    rec = None
+    if recorder is not None:
+        y = jax.ShapeDtypeStruct(x.y0.shape, x.y0.dtype)
+        state = LoopState(y, y, None, jax.ShapeDtypeStruct((3,), time_dtype(x.y0.dtype)), None)
+        rec = jax.eval_shape(lambda: recorder.init(state, problem.cfg.solver.dense_degree))
+    return _ys_struct(x), stats, scalar, rec
 
 
 def _solve_jvp(primals, tangents):
@@ -224,8 +234,6 @@ def _sens2_transpose(ct, args):
     problem, x, xdot, dx = args
     if ct is None:
         return None, None, None, None
-    from ._primitive import undefined
-
     if undefined(dx):
         return None, None, None, only_undefined(bind(HESS, problem, x, ct, xdot), dx)
     return None, None, only_undefined(bind(HESS, problem, x, ct, dx), xdot), None
@@ -241,4 +249,3 @@ def solve(problem: Problem, x: Primal):
     return ys, stats, result
 
 
-__all__ = ["solve", "ACCEPTED"]

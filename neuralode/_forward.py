@@ -91,7 +91,7 @@ def internal(problem: Problem, x: Primal):
     taus = sign * x.ts
 
     def g(tau, y):
-        return sign * field(problem, x, sign * tau, y)
+        return (sign * field(problem, x, sign * tau, y)).astype(y.dtype)
 
     return sign, taus, g
 
@@ -129,7 +129,7 @@ def sensitivity(problem: Problem, x: Primal, ys: Array, xdot: Primal, with_stats
     xdot = fill_zeros(xdot, x)
     ts = lax.stop_gradient(x.ts)
     dt0 = xdot.ts[0]
-    start_dot = xdot.y0 - field(problem, x, ts[0], x.y0) * dt0
+    start_dot = (xdot.y0 - field(problem, x, ts[0], x.y0) * dt0).astype(x.y0.dtype)
 
     def solve(y0, params):
         _, st_out, _ = out = forward(problem, Primal(y0, ts, params, x.probe))
@@ -138,5 +138,5 @@ def sensitivity(problem: Problem, x: Primal, ys: Array, xdot: Primal, with_stats
     _, ys_dot, stats = jax.jvp(solve, (x.y0, x.params), (start_dot, xdot.params),
                                has_aux=True)
     fs = jax.vmap(lambda t, y: field(problem, x, t, y))(ts, ys)
-    ys_dot = (ys_dot + fs * xdot.ts[:, None]).at[0].set(xdot.y0)
+    ys_dot = (ys_dot + fs * xdot.ts[:, None]).astype(ys.dtype).at[0].set(xdot.y0)
     return (ys_dot, stats) if with_stats else ys_dot

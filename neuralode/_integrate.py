@@ -118,6 +118,12 @@ def _head(f, quad: bool):
     return f[0] if quad else f
 
 
+def time_dtype(dtype):
+    """Dtype of times, step sizes and error ratios: the state's, but at least float32 (a
+    half-precision time axis could not even tell steps apart)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # Error norm
 
@@ -162,7 +168,8 @@ def start(
     h0=None,
 ) -> LoopState:
     """The loop state at ``t0``: evaluates ``g`` once (twice for the automatic first step)."""
-    dtype = y0.dtype
+    dtype = time_dtype(y0.dtype)
+    t0 = jnp.asarray(t0, dtype)
     f0 = g(t0, y0)
     nfe = 1
     if h0 is None:
@@ -210,7 +217,7 @@ class Outputs:
             coeffs, _ = solver.dense(g, t, y, h, res, t_end, cfg.quad)
             inside = accepted & (taus > t) & (taus <= t1)
             theta = jnp.where(inside, (taus - t) / h, 0.0)
-            vals = eval_dense(y[None, :], coeffs[:, None, :], theta[:, None])
+            vals = eval_dense(y[None, :], coeffs[:, None, :], theta[:, None]).astype(ys.dtype)
             vals = jnp.where((taus == t1)[:, None], y1[None, :], vals)
             ys = jnp.where(inside[:, None], vals, ys)
             return ys, i_out + jnp.sum(inside, dtype=i_out.dtype), zero
@@ -226,7 +233,7 @@ class Outputs:
             def one(c):
                 i, ys = c
                 theta = (taus[i] - t) / h
-                yi = jnp.where(taus[i] == t1, y1, eval_dense(y, coeffs, theta))
+                yi = jnp.where(taus[i] == t1, y1, eval_dense(y, coeffs, theta).astype(y1.dtype))
                 return i + 1, ys.at[i].set(yi)
 
             i_out, ys = lax.while_loop(more, one, (i_out, ys))
@@ -354,10 +361,11 @@ class Nodes:
     per_step: int
 
     def init(self, n: int, dtype):
+        tdtype = time_dtype(dtype)
         return {
-            "t": jnp.zeros((self.capacity,), dtype),
+            "t": jnp.zeros((self.capacity,), tdtype),
             "y": jnp.zeros((self.capacity, n), dtype),
-            "w": jnp.zeros((self.capacity,), dtype),
+            "w": jnp.zeros((self.capacity,), tdtype),
             "count": jnp.zeros((), jnp.int32),
         }
 
@@ -522,6 +530,7 @@ def run(
         ints = ints.at[REJ_LAST].set(1 - acc).at[NONFINITE].set(saw_nonfinite.astype(jnp.int32))
         ints = ints.at[NEXT].set(next_idx)
         fs = jnp.stack([t_new, h_new, jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev)])
+        fs = fs.astype(st.fs.dtype)
         return LoopState(y_new, f_new, q_new, fs, ints), ys, rec, node_buf
 
     st, ys, rec, node_buf = lax.while_loop(cond, body, (st, ys, rec, node_buf))
@@ -533,10 +542,12 @@ def run(
     return st, ys, rec, node_buf
 
 
+STAT_NAMES = ("num_steps", "num_accepted", "num_rejected", "nfe", "njev", "nlinsolve")
+
+
 def stats_of(st: LoopState) -> dict[str, Int[Array, ""]]:
     """The statistics of a finished loop as a dict (the public ``Solution.stats``)."""
-    names = ("num_steps", "num_accepted", "num_rejected", "nfe", "njev", "nlinsolve")
-    return {name: st.ints[slot] for name, slot in zip(names, STAT_SLOTS, strict=True)}
+    return {name: st.ints[slot] for name, slot in zip(STAT_NAMES, STAT_SLOTS, strict=True)}
 
 
 def direction_of(ts) -> Array:

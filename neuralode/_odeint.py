@@ -25,7 +25,7 @@ from ._adjoint import AbstractAdjoint, CheckpointAdjoint
 from ._controller import PIController
 from ._derivatives import solve
 from ._forward import NUM_STATS, Primal, Problem, SolveConfig
-from ._integrate import fixed_substeps, integrate_fixed
+from ._integrate import fixed_substeps, integrate_fixed, time_dtype
 from ._solution import RESULT_MESSAGES, Result, Solution
 from ._solvers import AbstractSolver, Tsit5
 
@@ -118,12 +118,27 @@ def _check_f_output(f, t0, y0, args):
 def _check_ts(ts, dtype):
     arr = ts if isinstance(ts, jax.Array | jax.core.Tracer) else np.asarray(ts)
     if arr.ndim != 1:
-        raise ValueError(f"odeint: `ts` must be a 1-D array of output times, got shape {arr.shape}.")
+        raise ValueError(
+            f"odeint: `ts` must be a 1-D array of output times, got shape {arr.shape}."
+        )
     if arr.shape[0] < 1:
         raise ValueError("odeint: `ts` must contain at least one time.")
     if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
         raise TypeError(f"odeint: `ts` must hold real numbers, got dtype {arr.dtype}.")
     return arr if arr.dtype == dtype else arr.astype(dtype)
+
+
+def _check_resolution(rtol: float, dtype) -> None:
+    """A relative tolerance finer than the state's dtype can represent cannot be met."""
+    eps = float(jnp.finfo(dtype).eps)
+    if rtol < eps:
+        sensible = float(f"{10 * eps:.0e}")
+        raise ValueError(
+            f"odeint: `rtol`={rtol:g} is below the resolution of the state's dtype "
+            f"{jnp.dtype(dtype).name} (machine epsilon {eps:.1e}), so no step could meet it. "
+            f"Use rtol >= {sensible:g} with {jnp.dtype(dtype).name} states, or a wider dtype "
+            "(e.g. y0.astype(jnp.float32))."
+        )
 
 
 _TS_MESSAGE = (
@@ -181,7 +196,7 @@ def _captured_arrays(obj, depth: int, found: dict) -> None:
         _captured_arrays(obj.__func__, depth, found)
         return
     if isinstance(obj, eqx.Module):  # its arrays are traced; its methods may read globals
-        _captured_arrays(getattr(type(obj), "__call__", None), depth, found)
+        _captured_arrays(type(obj).__call__, depth, found)
         return
     if not isinstance(obj, types.FunctionType):
         return
@@ -251,12 +266,13 @@ def _flat_field(f, y0, ts, args):
     def fn_tree(t, y, f_dyn, a_dyn):
         return eqx.combine(f_dyn, f_static)(t, y, eqx.combine(a_dyn, a_static))
 
-    converted, consts = jax.closure_convert(fn_tree, ts[0], y0, f_dyn, a_dyn)
+    converted, consts = jax.closure_convert(fn_tree, ts[0].astype(dtype), y0, f_dyn, a_dyn)
     diff, nondiff = eqx.partition((f_dyn, a_dyn, tuple(consts)), eqx.is_inexact_array)
 
     def fn(t, y, diff, nondiff):
+        # f sees time in the state's dtype (integration keeps its own time in >= float32).
         fd, ad, c = eqx.combine(diff, nondiff)
-        out = converted(t, unravel(y), fd, ad, *c)
+        out = converted(jnp.asarray(t).astype(dtype), unravel(y), fd, ad, *c)
         return ravel_pytree(out)[0].astype(dtype)
 
     return fn, y_flat, diff, nondiff, unravel
@@ -264,7 +280,7 @@ def _flat_field(f, y0, ts, args):
 
 @eqx.filter_jit
 def _odeint_compiled(f, y0, ts, args, rtol, atol, dt0, probe, static: _Static):
-    _check_f_output(f, ts[0], y0, args)
+    _check_f_output(f, ts[0].astype(jnp.result_type(*jax.tree.leaves(y0))), y0, args)
     if static.check_ts:
         d = jnp.diff(ts)
         bad = ~(jnp.all(d > 0) | jnp.all(d < 0)) | ~jnp.all(jnp.isfinite(ts))
@@ -398,12 +414,15 @@ def odeint(
         raise TypeError(f"odeint: `f` must be callable as f(t, y, args), got {type(f).__name__}.")
 
     y0 = _prepare_y0(y0)
-    dtype = jnp.result_type(*jax.tree.leaves(y0))
+    state_dtype = jnp.result_type(*jax.tree.leaves(y0))
+    dtype = time_dtype(state_dtype)  # times and tolerances: at least float32
     # Concrete (non-traced) output times are checked on the host.
     ts_static = None if isinstance(ts, jax.core.Tracer) else np.asarray(ts)
     ts = _check_ts(ts, dtype)
     rtol = _check_tolerance("rtol", rtol, dtype)
     atol = _check_tolerance("atol", atol, dtype)
+    if solver.adaptive and _is_concrete(rtol):
+        _check_resolution(float(np.asarray(rtol)), state_dtype)
     if ts_static is not None and not _monotonic(ts_static.astype(np.float64)):
         raise ValueError(_TS_MESSAGE + f" Got ts={ts_static!r}.")
     check_ts = ts_static is None or not (_is_concrete(rtol) and _is_concrete(atol))

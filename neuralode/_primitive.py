@@ -104,7 +104,8 @@ def _struct(aval):
 
 def _unbatched(avals, vmaps):
     for axes, size in vmaps:
-        avals = [a if ax is None else jex.mapped_aval(size, ax, a) for a, ax in zip(avals, axes)]
+        avals = [a if ax is None else jex.mapped_aval(size, ax, a)
+                 for a, ax in zip(avals, axes, strict=True)]
     return avals
 
 
@@ -164,12 +165,12 @@ def _jvp(primals, tangents, *, rules, treedef, static, vmaps, out_treedef):
         return out_treedef.flatten_up_to(out), _lenient_flatten(out_treedef, out_t)
 
     def in_axes_of(axes):
-        return list(axes), [ax for ax, here in zip(axes, present) if here]
+        return list(axes), [ax for ax, here in zip(axes, present, strict=True) if here]
 
-    tang = [t for t, here in zip(tangents, present) if here]
+    tang = [t for t, here in zip(tangents, present, strict=True) if here]
     out, out_t = _vmapped(run, vmaps, in_axes_of)(list(primals), tang)
     out_t = [ad.Zero(jax.typeof(o).to_tangent_aval()) if t is None else t
-             for o, t in zip(out, out_t)]
+             for o, t in zip(out, out_t, strict=True)]
     return out, out_t
 
 
@@ -179,11 +180,11 @@ def _transpose(cts, *args, rules, treedef, static, vmaps, out_treedef):
     cts = [None if type(c) is ad.Zero else c for c in cts]
     linear = [ad.is_undefined_primal(a) for a in args]
     # The aval of every linear input at each batching depth (depth 0 = as bound).
-    avals = [[a.aval if lin else None for a, lin in zip(args, linear)]]
+    avals = [[a.aval if lin else None for a, lin in zip(args, linear, strict=True)]]
     for axes, size in vmaps:
         avals.append([
             None if a is None else (a if ax is None else jex.mapped_aval(size, ax, a))
-            for a, ax in zip(avals[-1], axes)
+            for a, ax in zip(avals[-1], axes, strict=True)
         ])
 
     def at_depth(depth):
@@ -195,19 +196,19 @@ def _transpose(cts, *args, rules, treedef, static, vmaps, out_treedef):
                 out = rules.transpose(jax.tree.unflatten(out_treedef, list(cts_d)),
                                       _join(treedef, static, leaves))
                 flat = _lenient_flatten(treedef, out)
-                flat = [f for f, s in zip(flat, static) if s is _OPERAND]
-                return [f if lin else None for f, lin in zip(flat, linear)]
+                flat = [f for f, s in zip(flat, static, strict=True) if s is _OPERAND]
+                return [f if lin else None for f, lin in zip(flat, linear, strict=True)]
 
             return base
         inner = at_depth(depth + 1)
         axes, size = vmaps[depth]
 
         def lifted(cts_d, known):
-            known_axes = [ax for ax, lin in zip(axes, linear) if not lin]
+            known_axes = [ax for ax, lin in zip(axes, linear, strict=True) if not lin]
             cts_axes = [None if c is None else 0 for c in cts_d]
             outs = jax.vmap(inner, in_axes=(cts_axes, known_axes), axis_size=size)(cts_d, known)
             fixed = []
-            for o, lin, ax in zip(outs, linear, axes):
+            for o, lin, ax in zip(outs, linear, axes, strict=True):
                 if o is None or not lin:
                     fixed.append(None)
                 elif ax is None:  # an unbatched linear input: sum over the batch
@@ -218,12 +219,12 @@ def _transpose(cts, *args, rules, treedef, static, vmaps, out_treedef):
 
         return lifted
 
-    known = [a for a, lin in zip(args, linear) if not lin]
+    known = [a for a, lin in zip(args, linear, strict=True) if not lin]
     return at_depth(0)(cts, known)
 
 
 def _batch(operands, dims, *, rules, treedef, static, vmaps, out_treedef):
-    size = next(x.shape[d] for x, d in zip(operands, dims) if d is not None)
+    size = next(x.shape[d] for x, d in zip(operands, dims, strict=True) if d is not None)
     out = p.bind(*operands, rules=rules, treedef=treedef, static=static,
                  vmaps=((tuple(dims), size),) + vmaps, out_treedef=out_treedef)
     return out, [0] * len(out)
@@ -260,5 +261,5 @@ def fill_zeros(tangent, like):
     leaves, treedef = jax.tree.flatten(like)
     flat = _lenient_flatten(treedef, tangent)
     return jax.tree.unflatten(
-        treedef, [jnp.zeros_like(x) if t is None else t for t, x in zip(flat, leaves)]
+        treedef, [jnp.zeros_like(x) if t is None else t for t, x in zip(flat, leaves, strict=True)]
     )

@@ -28,17 +28,25 @@ if TYPE_CHECKING:
 Field = Callable[[Array, Array], object]
 
 
-def combine(base, h, coeffs: Sequence[float], ks: Sequence[Array]):
-    """``base + h Σ_j coeffs[j] ks[j]`` with the zero terms left out (``base`` may be None)."""
+def combine(base, h, coeffs: Sequence[float], ks: Sequence[Array], dtype=None):
+    """``base + h Σ_j coeffs[j] ks[j]`` with the zero terms left out (``base`` may be None).
+
+    The result has ``dtype``, by default that of ``base`` (or of the stages): with a
+    half-precision state and a float32 step size the sum is formed in float32 and rounded
+    once.
+    """
     acc = None
     for cj, kj in zip(coeffs, ks, strict=False):
         if cj == 0.0:
             continue
         term = kj if cj == 1.0 else float(cj) * kj
         acc = term if acc is None else acc + term
+    if dtype is None:
+        dtype = ks[0].dtype if base is None else base.dtype
     if acc is None:
         return jnp.zeros_like(ks[0]) if base is None else base
-    return acc * h if base is None else base + h * acc
+    out = acc * h if base is None else base + h * acc
+    return out.astype(dtype)
 
 
 def stage_time(t, c: float, h, t_hi):
@@ -73,13 +81,15 @@ def rk_step(tab: ButcherTableau, g: Field, t, y, f0, h, t_hi=None, quad: bool = 
         t1 = t + h if t_hi is None else jnp.minimum(t + h, t_hi)
         f1 = g(t1, y1)
         nfe += 1
-    err = None if tab.b_err is None else combine(None, h, tab.b_err, ks)
-    err2 = None if tab.b_err2 is None else combine(None, h, tab.b_err2, ks)
+    # Error estimates in at least float32 (a half-precision estimate would round away).
+    edtype = jnp.promote_types(y.dtype, jnp.float32)
+    err = None if tab.b_err is None else combine(None, h, tab.b_err, ks, edtype)
+    err2 = None if tab.b_err2 is None else combine(None, h, tab.b_err2, ks, edtype)
     q_inc = q_err = None
     if quad:
         q_inc = combine(None, h, tab.b, ds)
         if tab.b_err is not None:
-            q_err = combine(None, h, tab.b_err, ds)
+            q_err = combine(None, h, tab.b_err, ds, jnp.promote_types(ds[0].dtype, jnp.float32))
     stages = list(ks) if tab.fsal else list(ks) + [_split(f1, quad)[0]]
     nodes = tuple((float(tab.c[i]), float(tab.b[i]), ys[i]) for i in range(tab.num_stages)
                   if tab.b[i] != 0.0)
@@ -100,7 +110,8 @@ def rk_dense(tab: ButcherTableau, g: Field, t, y, h, stages, t_hi=None, quad: bo
         k, _ = _split(g(stage_time(t, tab.extra_c[i], h, t_hi), yi), quad)
         full.append(k)
     interp = tab.interp[: len(full)]
-    coeffs = jnp.stack([combine(None, h, interp[:, p], full) for p in range(interp.shape[1])])
+    coeffs = jnp.stack([combine(None, h, interp[:, p], full, y.dtype)
+                        for p in range(interp.shape[1])])
     return coeffs, tab.num_extra
 
 
