@@ -335,7 +335,7 @@ def _adjoint_config(mode, problem: Problem) -> LoopConfig:
 
 
 def _integrate_adjoint(mode, problem: Problem, g, flush, st, t_to, rtol, atol, stops,
-                       step_limit):
+                       step_limit, direction):
     """Run the backward solve from ``st`` to ``t_to`` and integrate the parameter adjoint.
 
     ``g(ρ, s)`` is the ``[z, a]`` (or ``a``) dynamics; with the full norm it returns
@@ -348,7 +348,8 @@ def _integrate_adjoint(mode, problem: Problem, g, flush, st, t_to, rtol, atol, s
     """
     lcfg = _adjoint_config(mode, problem)
     if not mode.seminorm:
-        st, _, _, _ = run(g, lcfg, st, t_to, rtol, atol, stops=stops, step_limit=step_limit)
+        st, _, _, _ = run(g, lcfg, st, t_to, rtol, atol, stops=stops, step_limit=step_limit,
+                          direction=direction)
         return st
     solver = problem.cfg.solver
     n = st.y.shape[0]
@@ -363,7 +364,8 @@ def _integrate_adjoint(mode, problem: Problem, g, flush, st, t_to, rtol, atol, s
     def body(st):
         q = st.q  # kept out of the step loop
         st, _, _, buf = run(g, lcfg, st._replace(q=None), t_to, rtol, atol, stops=stops,
-                            nodes=spec, node_buf=spec.init(n, st.y.dtype), step_limit=step_limit)
+                            nodes=spec, node_buf=spec.init(n, st.y.dtype), step_limit=step_limit,
+                            direction=direction)
         return st._replace(q=q + flush(buf))
 
     return lax.while_loop(cond, body, st)
@@ -392,25 +394,29 @@ def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_resu
     def fn(t, z, p):
         return problem.fn(t, z, p, problem.nondiff)
 
-    # In ρ = -τ (increasing): d/dρ = -sign d/dt at t = -sign ρ, for dz/dt = f,
-    # da/dt = -a f_z and da_θ/dt = -a f_θ.
+    # The backward solve runs in ρ = -τ (increasing), real time t = -sign·ρ, so the loop's
+    # direction is -sign and g is the real-time field of [z, a] (and of a_θ):
+    # dz/dt = f, da/dt = -a f_z, da_θ/dt = -a f_θ.
+    direction = -sign
+
     def g(rho, s):
-        t = -sign * rho
+        t = direction * rho
         z, a = s[:n], s[n:]
         if mode.seminorm:
             fz, vjp = jax.vjp(lambda zz: fn(t, zz, x.params), z)
             (a_z,) = vjp(a)
-            return jnp.concatenate([-sign * fz, sign * a_z]).astype(s.dtype)
+            return jnp.concatenate([fz, -a_z]).astype(s.dtype)
         fz, vjp = jax.vjp(lambda zz, pp: fn(t, zz, pp), z, x.params)
         a_z, a_p = vjp(a)
-        ds = jnp.concatenate([-sign * fz, sign * a_z]).astype(s.dtype)
-        return ds, (sign * ravel_pytree(a_p)[0]).astype(params_flat.dtype)
+        ds = jnp.concatenate([fz, -a_z]).astype(s.dtype)
+        return ds, (-ravel_pytree(a_p)[0]).astype(params_flat.dtype)
 
     def flush(buf):
-        t = -sign * buf["t"]
+        # Σ_j w_j (-a_j f_θ(t_j, z_j)) with the signed weights w_j, as one VJP.
+        t = direction * buf["t"]
         z, a = buf["y"][:, :n], buf["y"][:, n:]
         _, vjp = jax.vjp(lambda p: jax.vmap(lambda tt, zz: fn(tt, zz, p))(t, z), x.params)
-        (a_p,) = vjp((sign * buf["w"][:, None] * a).astype(a.dtype))
+        (a_p,) = vjp((-buf["w"][:, None] * a).astype(a.dtype))
         return ravel_pytree(a_p)[0]
 
     def jump(s, y, q):
@@ -427,10 +433,11 @@ def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_resu
     rho_end = jnp.where(skip, rho0, -taus[0])
     lcfg = _adjoint_config(mode, problem)
     s0 = jnp.concatenate([ys[-1], ct[-1]])
-    st = start(g, lcfg, rho0, rho_end, s0, jnp.zeros((m,), params_flat.dtype), rtol, atol)
+    st = start(g, lcfg, rho0, rho_end, s0, jnp.zeros((m,), params_flat.dtype), rtol, atol,
+               direction=direction)
     stops = Stops(_stop_times(taus), jump)
     st = _integrate_adjoint(mode, problem, g, flush, st, rho_end, rtol, atol, stops,
-                            st.ints[STEPS] + problem.cfg.max_steps)
+                            st.ints[STEPS] + problem.cfg.max_steps, direction)
     a_final = st.y[n:]
     return _finish(problem, x, ys, ct, skip, a_final, a_final - ct[0], unravel(st.q),
                    _stats(st), st.ints[RESULT], _BACKSOLVE_HINT)
@@ -450,7 +457,7 @@ def _walk(problem: Problem, x: Primal, n_acc, rec, recorder: Recorder, leaf, car
     traced once. Returns ``(carry, bstats)`` with the replays' statistics added.
     """
     cfg = problem.cfg
-    _, taus, g = internal(problem, x)
+    sign, taus, g = internal(problem, x)
     levels, lower = _record_levels(cfg.max_steps, recorder.slots)
     child = Recorder(lower, thin=False, dense=recorder.dense)
     bits = child.bits
@@ -479,7 +486,7 @@ def _walk(problem: Problem, x: Primal, n_acc, rec, recorder: Recorder, leaf, car
             init = child.init(st_j, degree, level=exp_child, k0=k0)
             st_end, _, (replayed, _, _), _ = run(
                 g, lcfg, st_j, t_end, problem.rtol, problem.atol, recorder=child, rec=init,
-                count_end=k0 + n_seg,
+                count_end=k0 + n_seg, direction=sign,
             )
             bstats = bstats + _stats(st_end, st_j)
             c_buf = jax.tree.map(lambda a, b: jnp.where(copy, a, b), copied, replayed)
@@ -527,11 +534,11 @@ def _checkpoint(mode: CheckpointAdjoint, problem: Problem, x: Primal, ys, n_acc,
 
     def step_map(y, params, t, h):
         def g(tau, yy):
-            return (sign * problem.fn(sign * tau, yy, params, problem.nondiff)).astype(yy.dtype)
+            return problem.fn(sign * tau, yy, params, problem.nondiff).astype(yy.dtype)
 
         f0 = g(t, y)
-        res = solver.step(g, t, y, f0, h, t_end)
-        coeffs, _ = solver.dense(g, t, y, h, res, t_end)
+        res = solver.step(g, t, y, f0, h, t_end, direction=sign)
+        coeffs, _ = solver.dense(g, t, y, h, res, t_end, direction=sign)
         return res.y1, coeffs
 
     def leaf(rec_obj, buf, level, count, seg_end, carry):
@@ -598,24 +605,26 @@ def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_
     def fn(t, z, p):
         return problem.fn(t, z, p, problem.nondiff)
 
+    direction = -sign  # the backward solve: ρ = -τ increasing, real time t = -sign·ρ
+
     def make(z_of):
-        """``(g, flush)`` with ``z(τ)`` from ``z_of``; ``t = sign·τ``, ``τ = -ρ``."""
+        """``(g, flush)``: the real-time adjoint field ``da/dt = -a f_z(t, z(t))`` (and
+        ``da_θ/dt = -a f_θ``) with ``z`` read at ``τ = -ρ`` from ``z_of``."""
 
         def g(rho, a):
-            t, z = -sign * rho, z_of(-rho)
+            t, z = direction * rho, z_of(-rho)
             if mode.seminorm:
                 _, vjp = jax.vjp(lambda zz: fn(t, zz, x.params), z)
                 (a_z,) = vjp(a)
-                return (sign * a_z).astype(a.dtype)
+                return (-a_z).astype(a.dtype)
             _, vjp = jax.vjp(lambda zz, pp: fn(t, zz, pp), z, x.params)
             a_z, a_p = vjp(a)
-            return (sign * a_z).astype(a.dtype), (sign * ravel_pytree(a_p)[0]).astype(
-                params_flat.dtype)
+            return (-a_z).astype(a.dtype), (-ravel_pytree(a_p)[0]).astype(params_flat.dtype)
 
         def flush(buf):
-            t, z = -sign * buf["t"], jax.vmap(z_of)(-buf["t"])
+            t, z = direction * buf["t"], jax.vmap(z_of)(-buf["t"])
             _, vjp = jax.vjp(lambda p: jax.vmap(lambda tt, zz: fn(tt, zz, p))(t, z), x.params)
-            (a_p,) = vjp((sign * buf["w"][:, None] * buf["y"]).astype(buf["y"].dtype))
+            (a_p,) = vjp((-buf["w"][:, None] * buf["y"]).astype(buf["y"].dtype))
             return ravel_pytree(a_p)[0]
 
         return g, flush
@@ -639,7 +648,7 @@ def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_
         g, flush = make(z_of)
         rho_to = jnp.where(count > 0, -buf["fs"][0, T], st_adj.fs[T])
         st_adj = _integrate_adjoint(mode, problem, g, flush, st_adj, rho_to, rtol, atol, stops,
-                                    limit)
+                                    limit, direction)
         return st_adj, limit
 
     rho0 = -taus[-1]
@@ -648,7 +657,7 @@ def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_
     g0, _ = make(lambda tau: ys[-1])
     rho_end = jnp.where(skip, rho0, -taus[0])
     st0 = start(g0, lcfg, rho0, rho_end, ct[-1], jnp.zeros((m,), params_flat.dtype), rtol,
-                atol)
+                atol, direction=direction)
     bstats = jnp.zeros((NUM_STATS,), jnp.int32)
     limit = st0.ints[STEPS] + cfg.max_steps
     (st, _), bstats = _walk(problem, x, n_acc, rec, mode.recorder(cfg), leaf, (st0, limit),

@@ -97,11 +97,12 @@ def error_scale(y0, y1, rtol, atol):
 
 
 def initial_step(fn, t0, y0, f0, t_end, error_order: int, rtol, atol, full_y0=None,
-                 full_f0=None):
+                 full_f0=None, direction=1.0):
     """Initial step size by Hairer, Nørsett, Wanner, *Solving ODEs I*, section II.4.
 
     Uses one extra evaluation of ``fn`` at ``t0 + h0`` with ``h0 <= t_end - t0`` (the
     vector field is never evaluated outside the integration interval). Returns the step.
+    The problem is ``dy/dt = direction·fn(t, y)`` (``direction = ±1``).
     With a seminorm, ``y0``/``f0`` are the controlled part and ``full_y0``/``full_f0`` the
     whole state that ``fn`` takes (``fn`` then returns the controlled part).
     """
@@ -113,9 +114,9 @@ def initial_step(fn, t0, y0, f0, t_end, error_order: int, rtol, atol, full_y0=No
     h0 = jnp.minimum(h0, span)
     t1 = jnp.minimum(t0 + h0, t_end)  # never past the final time, not even by an ulp
     if full_y0 is None:
-        f1 = fn(t1, (y0 + h0 * f0).astype(y0.dtype))
+        f1 = fn(t1, (y0 + direction * h0 * f0).astype(y0.dtype))
     else:
-        f1 = fn(t1, (full_y0 + h0 * full_f0).astype(full_y0.dtype))
+        f1 = fn(t1, (full_y0 + direction * h0 * full_f0).astype(full_y0.dtype))
     d2 = rms_norm((f1 - f0) / scale) / h0
     dmax = jnp.maximum(d1, d2)
     h1 = jnp.where(

@@ -86,12 +86,13 @@ def field(problem: Problem, x: Primal, t, y) -> Array:
 
 
 def internal(problem: Problem, x: Primal):
-    """``(sign, taus, g)``: integration runs in ``τ = sign·t``, increasing, with field ``g``."""
+    """``(sign, taus, g)``: integration runs in ``τ = sign·t``, increasing, solving
+    ``dy/dτ = sign·g(τ, y)`` with ``g(τ, y) = f(sign·τ, y)`` (the loop's ``direction``)."""
     sign = direction_of(x.ts)
     taus = sign * x.ts
 
     def g(tau, y):
-        return (sign * field(problem, x, sign * tau, y)).astype(y.dtype)
+        return field(problem, x, sign * tau, y).astype(y.dtype)
 
     return sign, taus, g
 
@@ -104,17 +105,18 @@ def forward(
     Outputs not reached (a failed solve) are NaN. No error is raised here.
     """
     cfg = problem.cfg
-    _, taus, g = internal(problem, x)
+    sign, taus, g = internal(problem, x)
     lcfg = cfg.loop
     h0 = problem.dt0 if cfg.has_dt0 else None
-    st = start(g, lcfg, taus[0], taus[-1], x.y0, None, problem.rtol, problem.atol, h0)
+    st = start(g, lcfg, taus[0], taus[-1], x.y0, None, problem.rtol, problem.atol, h0, sign)
     st = st._replace(ints=st.ints.at[NEXT].set(1))
     outputs = Outputs(taus)
     ys = outputs.init(x.y0)
     rec = None if recorder is None else recorder.init(st, cfg.solver.dense_degree)
     if taus.shape[0] > 1:
         st, ys, rec, _ = run(g, lcfg, st, taus[-1], problem.rtol, problem.atol,
-                             outputs=outputs, ys=ys, recorder=recorder, rec=rec)
+                             outputs=outputs, ys=ys, recorder=recorder, rec=rec,
+                             direction=sign)
     return ys, st, rec
 
 

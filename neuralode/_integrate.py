@@ -67,6 +67,9 @@ NEXT = 9  # next output index (forward) or next stop index (adjoint)
 NUM_INT = 10
 
 STAT_SLOTS = (STEPS, ACCEPTED, REJECTED, NFE, NJEV, NLIN)
+# Unit vectors of the int slots, and which slots accumulate (the others are replaced).
+_E = np.eye(NUM_INT, dtype=np.int32)
+_KEEP = np.isin(np.arange(NUM_INT), STAT_SLOTS).astype(np.int32)
 
 # Up to this many output times (and output entries, times x state size), every accepted step
 # evaluates its interpolant at all of them and selects (no branch, no inner loop): cheaper for
@@ -166,8 +169,12 @@ def start(
     rtol,
     atol,
     h0=None,
+    direction=1.0,
 ) -> LoopState:
-    """The loop state at ``t0``: evaluates ``g`` once (twice for the automatic first step)."""
+    """The loop state at ``t0``: evaluates ``g`` once (twice for the automatic first step).
+
+    The problem is ``dy/dτ = direction·g(τ, y)`` in the increasing internal time ``τ``.
+    """
     dtype = time_dtype(y0.dtype)
     t0 = jnp.asarray(t0, dtype)
     f0 = g(t0, y0)
@@ -175,7 +182,7 @@ def start(
     if h0 is None:
         h0 = initial_step(
             lambda t, y: _head(g(t, y), cfg.quad), t0, y0, _head(f0, cfg.quad), t_end,
-            cfg.solver.error_order, rtol, atol,
+            cfg.solver.error_order, rtol, atol, direction=direction,
         )
         nfe += 1
     else:
@@ -203,7 +210,8 @@ class Outputs:
         n_out = self.taus.shape[0]
         return jnp.full((n_out, y0.shape[0]), jnp.nan, y0.dtype).at[0].set(y0)
 
-    def write(self, g, cfg: LoopConfig, ys, i_out, t, y, h, t1, y1, res, accepted, t_end):
+    def write(self, g, cfg: LoopConfig, ys, i_out, t, y, h, t1, y1, res, accepted, t_end,
+              direction=1.0):
         """Write the outputs inside an accepted step ``(t, t1]``: returns ``ys, i_out, nfe``."""
         taus = self.taus
         n_out = taus.shape[0]
@@ -214,7 +222,7 @@ class Outputs:
             and n_out <= _SELECT_OUTPUTS_MAX
             and n_out * y.shape[0] <= _SELECT_ENTRIES_MAX
         ):
-            coeffs, _ = solver.dense(g, t, y, h, res, t_end, cfg.quad)
+            coeffs, _ = solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
             inside = accepted & (taus > t) & (taus <= t1)
             theta = jnp.where(inside, (taus - t) / h, 0.0)
             vals = eval_dense(y[None, :], coeffs[:, None, :], theta[:, None]).astype(ys.dtype)
@@ -224,7 +232,7 @@ class Outputs:
 
         def write(carry):
             i_out, ys = carry
-            coeffs, extra = solver.dense(g, t, y, h, res, t_end, cfg.quad)
+            coeffs, extra = solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
 
             def more(c):
                 i, _ = c
@@ -349,9 +357,9 @@ class Stops:
 class Nodes:
     """A buffer of the quadrature nodes of accepted steps: stage time, stage state, weight.
 
-    A quantity ``q`` with ``dq/dτ = G(τ, y)`` that does not feed back into ``y`` is the sum
-    ``Σ w_j G(τ_j, y_j)`` over these nodes (``w_j = h·b_j``, exact for the Runge-Kutta
-    method). Recording the nodes and evaluating ``G`` on a whole buffer at once (one batched
+    A quantity ``q`` with ``dq/dτ = direction·G(τ, y)`` that does not feed back into ``y`` is
+    the sum ``Σ w_j G(τ_j, y_j)`` over these nodes (``w_j = direction·h·b_j``, exact for the
+    Runge-Kutta method). Recording the nodes and evaluating ``G`` on a whole buffer at once (one batched
     call, e.g. one vector-Jacobian product for all nodes) is much cheaper than carrying ``q``
     through the loop when ``q`` is long (the parameter adjoint) and the loop is ``vmap`` ped.
     A loop stops when the next step's nodes might not fit.
@@ -369,7 +377,8 @@ class Nodes:
             "count": jnp.zeros((), jnp.int32),
         }
 
-    def write(self, buf, res: StepResult, t, h, t_end, accepted):
+    def write(self, buf, res: StepResult, t, h, t_end, accepted, direction=1.0):
+        """Record the nodes of an accepted step (weights ``direction·h·b_j``)."""
         count = buf["count"]
         buf = dict(buf)
         for jj, (c, b, yj) in enumerate(res.nodes):
@@ -377,7 +386,7 @@ class Nodes:
             tj = t + c * h
             buf["t"] = buf["t"].at[idx].set(jnp.minimum(tj, t_end), mode="drop")
             buf["y"] = buf["y"].at[idx].set(yj, mode="drop")
-            buf["w"] = buf["w"].at[idx].set(h * b, mode="drop")
+            buf["w"] = buf["w"].at[idx].set(direction * h * b, mode="drop")
         buf["count"] = count + accepted.astype(jnp.int32) * self.per_step
         return buf
 
@@ -403,11 +412,13 @@ def run(
     nodes: Nodes | None = None,
     node_buf=None,
     step_limit=None,
+    direction=1.0,
 ):
     """Integrate from ``st`` to ``t_end`` (or until ``count_end`` steps are accepted).
 
     Args:
-        g: The vector field ``g(τ, y)`` (or ``(dy, dq)``) in internal time.
+        g: The vector field ``g(τ, y)`` (or ``(dy, dq)``); the problem is
+            ``dy/dτ = direction·g(τ, y)`` in the increasing internal time ``τ``.
         cfg: Static loop settings.
         st: The starting state (from :func:`start`, a record entry, or a previous run).
         t_end: Final internal time; stage times never pass it.
@@ -421,6 +432,8 @@ def run(
             early when the buffer is full (see :class:`Nodes`).
         step_limit: Stop (with ``Result.max_steps_reached``) when ``ints[STEPS]`` reaches
             this; default ``max_steps`` more than at the start.
+        direction: ``±1`` (a runtime scalar): the sign relating real and internal time, which
+            the solver applies to its state combinations (never to the field's values).
 
     Returns:
         ``(state, ys, rec, node_buf)``; a loop that ran out of steps has
@@ -433,19 +446,27 @@ def run(
     limit = st.ints[STEPS] + cfg.max_steps if step_limit is None else step_limit
     n_stops = 0 if stops is None else stops.taus.shape[0]
 
+    # Inside the loop the float slots are separate scalars (slicing them out of one array
+    # costs a kernel each per step on CPU, more than updating them separately).
+    def pack(st):
+        return st.y, st.f, st.q, st.fs[T], st.fs[H], st.fs[PREV], st.ints
+
+    def unpack(y, f, q, t, h, prev, ints):
+        return LoopState(y, f, q, jnp.stack([t, h, prev]), ints)
+
     def cond(carry):
-        st, _, _, node_buf = carry
-        go = (st.fs[T] < t_end) & (st.ints[STEPS] < limit)
-        go = go & (st.ints[RESULT] == Result.successful)
+        (_, _, _, t, _, _, ints), _, _, node_buf = carry
+        go = (t < t_end) & (ints[STEPS] < limit) & (ints[RESULT] == Result.successful)
         if count_end is not None:
-            go = go & (st.ints[ACCEPTED] < count_end)
+            go = go & (ints[ACCEPTED] < count_end)
         if nodes is not None:
             go = go & (node_buf["count"] + nodes.per_step <= nodes.capacity)
         return go
 
     def body(carry):
-        st, ys, rec, node_buf = carry
-        t, h, prev = st.fs[T], st.fs[H], st.fs[PREV]
+        state, ys, rec, node_buf = carry
+        st = unpack(*state)
+        _, _, _, t, h, prev, _ = state
         rej_last = st.ints[REJ_LAST] != 0
         if n_stops:
             i_stop = st.ints[NEXT]
@@ -456,9 +477,9 @@ def run(
             t_lim = t_end
         clip = h >= t_lim - t
         h_eff = jnp.where(clip, t_lim - t, h)
-        res = solver.step(g, t, st.y, st.f, h_eff, t_end, cfg.quad)
+        res = solver.step(g, t, st.y, st.f, h_eff, t_end, cfg.quad, direction)
         t1 = jnp.where(clip, t_lim, t + h_eff)
-        q1 = None if st.q is None else st.q + res.q_inc
+        q1 = st.q + res.q_inc if cfg.quad else st.q
         ratio = lax.stop_gradient(
             error_ratio(res, st.y, res.y1, st.q, q1, rtol, atol, cfg)
         )
@@ -470,7 +491,8 @@ def run(
 
         if outputs is not None:
             ys, i_out, extra = outputs.write(
-                g, cfg, ys, st.ints[NEXT], t, st.y, h_eff, t1, res.y1, res, accepted, t_end
+                g, cfg, ys, st.ints[NEXT], t, st.y, h_eff, t1, res.y1, res, accepted, t_end,
+                direction,
             )
             nfe = nfe + extra
         else:
@@ -480,12 +502,12 @@ def run(
             buf, level, k0 = rec
             coeffs = None
             if recorder.dense:
-                coeffs, extra = solver.dense(g, t, st.y, h_eff, res, t_end, cfg.quad)
+                coeffs, extra = solver.dense(g, t, st.y, h_eff, res, t_end, cfg.quad, direction)
                 nfe = nfe + jnp.where(accepted, extra, 0)
             buf, level = recorder.write(buf, level, st.ints[ACCEPTED] - k0, st, coeffs, accepted)
             rec = (buf, level, k0)
         if nodes is not None:
-            node_buf = nodes.write(node_buf, res, t, h_eff, t_end, accepted)
+            node_buf = nodes.write(node_buf, res, t, h_eff, t_end, accepted, direction)
 
         # The controller. A step clipped to land on a stop or the end keeps the proposal it
         # was clipped from, if larger (landing says nothing about the size the error allows).
@@ -506,13 +528,13 @@ def run(
 
         y_new = jnp.where(accepted, res.y1, st.y)
         f_new = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), res.f1, st.f)
-        q_new = None if q1 is None else jnp.where(accepted, q1, st.q)
+        q_new = jnp.where(accepted, q1, st.q) if cfg.quad else st.q
         next_idx = i_out
         if n_stops:
             landed = accepted & clip & has_stop & (t_stop <= t_end) & (t1 >= t_stop)
             y_j, q_j, jump_result = stops.jump(jnp.minimum(i_stop, n_stops - 1), y_new, q_new)
             y_new = jnp.where(landed, y_j, y_new)
-            if q_new is not None:
+            if cfg.quad:
                 q_new = jnp.where(landed, q_j, q_new)
             result = jnp.where(landed & (result == Result.successful), jump_result, result)
             again = landed & (t1 < t_end)
@@ -520,20 +542,31 @@ def run(
             nfe = nfe + again.astype(jnp.int32)
             next_idx = i_stop + landed.astype(jnp.int32)
 
+        # All int slots in one vector expression (one kernel instead of one per slot): the
+        # counters accumulate, the flags and the output index are replaced.
         acc = accepted.astype(jnp.int32)
-        ints = st.ints.at[STEPS].add(1)
-        ints = ints.at[ACCEPTED].add(acc).at[REJECTED].add(1 - acc)
-        ints = ints.at[NFE].add(nfe)
-        ints = ints.at[NJEV].add(jnp.asarray(res.njev, jnp.int32))
-        ints = ints.at[NLIN].add(jnp.asarray(res.nlinsolve, jnp.int32))
-        ints = ints.at[RESULT].set(result.astype(jnp.int32))
-        ints = ints.at[REJ_LAST].set(1 - acc).at[NONFINITE].set(saw_nonfinite.astype(jnp.int32))
-        ints = ints.at[NEXT].set(next_idx)
-        fs = jnp.stack([t_new, h_new, jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev)])
-        fs = fs.astype(st.fs.dtype)
-        return LoopState(y_new, f_new, q_new, fs, ints), ys, rec, node_buf
+        i32 = jnp.int32
+        ints = (
+            st.ints * _KEEP
+            + _E[STEPS]
+            + acc * _E[ACCEPTED]
+            + (1 - acc) * (_E[REJECTED] + _E[REJ_LAST])
+            + nfe * _E[NFE]
+            + jnp.asarray(result, i32) * _E[RESULT]
+            + saw_nonfinite.astype(i32) * _E[NONFINITE]
+            + jnp.asarray(next_idx, i32) * _E[NEXT]
+        )
+        if not (isinstance(res.njev, int) and res.njev == 0):
+            ints = ints + jnp.asarray(res.njev, i32) * _E[NJEV]
+        if not (isinstance(res.nlinsolve, int) and res.nlinsolve == 0):
+            ints = ints + jnp.asarray(res.nlinsolve, i32) * _E[NLIN]
+        tdt = st.fs.dtype
+        prev_new = jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev).astype(tdt)
+        state = (y_new, f_new, q_new, t_new.astype(tdt), h_new.astype(tdt), prev_new, ints)
+        return state, ys, rec, node_buf
 
-    st, ys, rec, node_buf = lax.while_loop(cond, body, (st, ys, rec, node_buf))
+    state, ys, rec, node_buf = lax.while_loop(cond, body, (pack(st), ys, rec, node_buf))
+    st = unpack(*state)
     ran_out = (st.ints[RESULT] == Result.successful) & (st.fs[T] < t_end)
     ran_out = ran_out & (st.ints[STEPS] >= limit)
     st = st._replace(ints=st.ints.at[RESULT].set(

@@ -170,13 +170,19 @@ class AbstractAdaptiveSolver(AbstractSolver):
         """Whether :meth:`dense` evaluates the vector field (Dopri8's extra stages)."""
         return self.tableau.num_extra > 0
 
-    def step(self, g, t, y, f0, h, t_hi=None, quad: bool = False) -> StepResult:
-        """Attempt one step of size ``h`` from ``(t, y)``; ``f0 = g(t, y)``."""
-        return rk_step(self.tableau, g, t, y, f0, h, t_hi, quad)
+    def step(self, g, t, y, f0, h, t_hi=None, quad: bool = False, direction=1.0) -> StepResult:
+        """Attempt one step of size ``h > 0`` from ``(t, y)`` of ``dy/dt = direction·g(t, y)``.
 
-    def dense(self, g, t, y, h, result: StepResult, t_hi=None, quad: bool = False):
+        ``f0 = g(t, y)``. ``direction`` is ``±1`` (a runtime scalar): the integrator runs in an
+        increasing internal time and passes the sign of the real time here, so that the
+        vector field itself is never multiplied by it.
+        """
+        return rk_step(self.tableau, g, t, y, f0, h, t_hi, quad, direction)
+
+    def dense(self, g, t, y, h, result: StepResult, t_hi=None, quad: bool = False,
+              direction=1.0):
         """``(coeffs, nfe)``: the step's dense polynomial ``y + Σ_p coeffs[p-1] θ^p``."""
-        return rk_dense(self.tableau, g, t, y, h, result.stages, t_hi, quad)
+        return rk_dense(self.tableau, g, t, y, h, result.stages, t_hi, quad, direction)
 
 
 @dataclasses.dataclass(frozen=True)

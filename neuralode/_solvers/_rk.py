@@ -59,21 +59,26 @@ def _split(value, quad: bool):
     return value if quad else (value, None)
 
 
-def rk_step(tab: ButcherTableau, g: Field, t, y, f0, h, t_hi=None, quad: bool = False):
+def rk_step(tab: ButcherTableau, g: Field, t, y, f0, h, t_hi=None, quad: bool = False,
+            direction=1.0):
     """One step of the explicit method ``tab`` from ``(t, y)`` with first stage ``f0``.
 
-    Returns a :class:`StepResult`. With ``quad=True`` the field returns ``(dy, dq)`` and
-    ``f0`` is such a pair; the result then carries the quadrature increment and its error.
+    Solves ``dy/dt = direction · g(t, y)``: stage times are ``t + c h``, state combinations
+    use the signed step ``direction · h`` (the sign never touches the stages, so XLA computes
+    each stage once). Returns a :class:`StepResult`. With ``quad=True`` the field returns
+    ``(dy, dq)`` and ``f0`` is such a pair; the result then carries the quadrature increment
+    and its error.
     """
+    hs = h if isinstance(direction, float) and direction == 1.0 else direction * h
     k0, d0 = _split(f0, quad)
     ks, ds, ys = [k0], [d0], [y]
     for i in range(1, tab.num_stages):
-        yi = combine(y, h, tab.a[i, :i], ks)
+        yi = combine(y, hs, tab.a[i, :i], ks)
         k, d = _split(g(stage_time(t, tab.c[i], h, t_hi), yi), quad)
         ks.append(k)
         ds.append(d)
         ys.append(yi)
-    y1 = combine(y, h, tab.b, ks)
+    y1 = combine(y, hs, tab.b, ks)
     nfe = tab.num_stages - 1
     if tab.fsal:
         f1 = (ks[-1], ds[-1]) if quad else ks[-1]
@@ -83,13 +88,13 @@ def rk_step(tab: ButcherTableau, g: Field, t, y, f0, h, t_hi=None, quad: bool = 
         nfe += 1
     # Error estimates in at least float32 (a half-precision estimate would round away).
     edtype = jnp.promote_types(y.dtype, jnp.float32)
-    err = None if tab.b_err is None else combine(None, h, tab.b_err, ks, edtype)
-    err2 = None if tab.b_err2 is None else combine(None, h, tab.b_err2, ks, edtype)
+    err = None if tab.b_err is None else combine(None, hs, tab.b_err, ks, edtype)
+    err2 = None if tab.b_err2 is None else combine(None, hs, tab.b_err2, ks, edtype)
     q_inc = q_err = None
     if quad:
-        q_inc = combine(None, h, tab.b, ds)
+        q_inc = combine(None, hs, tab.b, ds)
         if tab.b_err is not None:
-            q_err = combine(None, h, tab.b_err, ds, jnp.promote_types(ds[0].dtype, jnp.float32))
+            q_err = combine(None, hs, tab.b_err, ds, jnp.promote_types(ds[0].dtype, jnp.float32))
     stages = list(ks) if tab.fsal else list(ks) + [_split(f1, quad)[0]]
     nodes = tuple((float(tab.c[i]), float(tab.b[i]), ys[i]) for i in range(tab.num_stages)
                   if tab.b[i] != 0.0)
@@ -97,20 +102,22 @@ def rk_step(tab: ButcherTableau, g: Field, t, y, f0, h, t_hi=None, quad: bool = 
                       stages=stages, nfe=nfe, nodes=nodes)
 
 
-def rk_dense(tab: ButcherTableau, g: Field, t, y, h, stages, t_hi=None, quad: bool = False):
+def rk_dense(tab: ButcherTableau, g: Field, t, y, h, stages, t_hi=None, quad: bool = False,
+             direction=1.0):
     """Dense-output coefficients ``(P, n)`` of a step: ``y(t + θh) = y + Σ_p c_p θ^p``.
 
     Evaluates the tableau's extra dense-output stages first (Dopri8), so also returns their
     number of evaluations.
     """
+    hs = h if isinstance(direction, float) and direction == 1.0 else direction * h
     full = list(stages)
     for i in range(tab.num_extra):
         row = tab.extra_a[i]
-        yi = combine(y, h, row[: len(full)], full)
+        yi = combine(y, hs, row[: len(full)], full)
         k, _ = _split(g(stage_time(t, tab.extra_c[i], h, t_hi), yi), quad)
         full.append(k)
     interp = tab.interp[: len(full)]
-    coeffs = jnp.stack([combine(None, h, interp[:, p], full, y.dtype)
+    coeffs = jnp.stack([combine(None, hs, interp[:, p], full, y.dtype)
                         for p in range(interp.shape[1])])
     return coeffs, tab.num_extra
 
