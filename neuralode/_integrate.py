@@ -359,9 +359,10 @@ class Nodes:
 
     A quantity ``q`` with ``dq/dτ = direction·G(τ, y)`` that does not feed back into ``y`` is
     the sum ``Σ w_j G(τ_j, y_j)`` over these nodes (``w_j = direction·h·b_j``, exact for the
-    Runge-Kutta method). Recording the nodes and evaluating ``G`` on a whole buffer at once (one batched
-    call, e.g. one vector-Jacobian product for all nodes) is much cheaper than carrying ``q``
-    through the loop when ``q`` is long (the parameter adjoint) and the loop is ``vmap`` ped.
+    Runge-Kutta method). Recording the nodes and evaluating ``G`` on a whole buffer at once
+    (one batched call, e.g. one vector-Jacobian product for all nodes) is much cheaper than
+    carrying ``q`` through the loop when ``q`` is long (the parameter adjoint) and the loop
+    is ``vmap`` ped.
     A loop stops when the next step's nodes might not fit.
     """
 
