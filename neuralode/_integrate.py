@@ -478,7 +478,7 @@ def run(
             t_lim = t_end
         clip = h >= t_lim - t
         h_eff = jnp.where(clip, t_lim - t, h)
-        res = solver.step(g, t, st.y, st.f, h_eff, t_end, cfg.quad, direction)
+        res = solver.step(g, t, st.y, st.f, h_eff, t_end, cfg.quad, direction, tol=(rtol, atol))
         t1 = jnp.where(clip, t_lim, t + h_eff)
         q1 = st.q + res.q_inc if cfg.quad else st.q
         ratio = lax.stop_gradient(

@@ -170,13 +170,24 @@ class AbstractAdaptiveSolver(AbstractSolver):
         """Whether :meth:`dense` evaluates the vector field (Dopri8's extra stages)."""
         return self.tableau.num_extra > 0
 
-    def step(self, g, t, y, f0, h, t_hi=None, quad: bool = False, direction=1.0) -> StepResult:
+    @property
+    def nfe_per_step(self) -> int:
+        """Evaluations of one step recomputed with its vector-Jacobian product (the backward
+        statistics of :class:`~neuralode.CheckpointAdjoint`)."""
+        tab = self.tableau
+        return tab.num_stages + (0 if tab.fsal else 1) + tab.num_extra
+
+    def step(self, g, t, y, f0, h, t_hi=None, quad: bool = False, direction=1.0,
+             tol=None) -> StepResult:
         """Attempt one step of size ``h > 0`` from ``(t, y)`` of ``dy/dt = direction·g(t, y)``.
 
         ``f0 = g(t, y)``. ``direction`` is ``±1`` (a runtime scalar): the integrator runs in an
         increasing internal time and passes the sign of the real time here, so that the
-        vector field itself is never multiplied by it.
+        vector field itself is never multiplied by it. ``tol = (rtol, atol)`` are the loop's
+        tolerances: implicit methods stop their Newton iterations by them (explicit methods
+        ignore them); ``None``: the method's own default.
         """
+        del tol
         return rk_step(self.tableau, g, t, y, f0, h, t_hi, quad, direction)
 
     def dense(self, g, t, y, h, result: StepResult, t_hi=None, quad: bool = False,
