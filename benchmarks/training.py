@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import inspect
 import json
 import math
@@ -151,10 +152,6 @@ def keep_param_dtype() -> optax.GradientTransformation:
 
 def diffrax_solver(name: str):
     return {"Tsit5": diffrax.Tsit5, "Dopri5": diffrax.Dopri5}[name]()
-
-
-def ours_solver(name: str):
-    return {"Tsit5": nde.Tsit5, "Dopri5": nde.Dopri5}[name]()
 
 
 def diffrax_solve(field, y0, ts, method: Method, solver: str, rtol, atol, max_steps,
@@ -991,9 +988,14 @@ def _timing(case: str, quick: bool) -> tuple[int, float]:
 
 
 def main(quick: bool = False, cases: list[str] | None = None, modes: list[str] | None = None,
-         plot: str | None = None, mem_cap_gib: float = MEM_CAP_GIB, log=print) -> dict:
+         plot: str | None = None, mem_cap_gib: float = MEM_CAP_GIB, resume: dict | None = None,
+         on_case: Callable[[dict], None] | None = None, log=print) -> dict:
     """Run ``cases`` (default: all; ``quick``: fewer rounds, a short sweep, and no NFE counts
-    or gradient comparison on T2-T4) and return the results (see :func:`markdown`)."""
+    or gradient comparison on T2-T4) and return the results (see :func:`markdown`).
+
+    ``resume``: results of an interrupted run (its JSON); the cases it holds are kept, not
+    re-run. ``on_case(data)`` is called after every case (the CLI saves the JSON there).
+    """
     cases = list(cases or (ALL_CASES if quick else ALL_CASES[:1] + FULL_EXTRA + ALL_CASES[1:]))
     unknown = set(cases) - set(ALL_CASES + FULL_EXTRA)
     if unknown:
@@ -1002,6 +1004,15 @@ def main(quick: bool = False, cases: list[str] | None = None, modes: list[str] |
     methods = all_methods(modes)
     data: dict[str, Any] = {"cases": {}, "default_mode": default_mode_name(),
                             "methods": [m.name for m in methods], "wall_s": {}}
+    if resume:
+        for k in ("cases", "wall_s"):
+            data[k].update(resume.get(k, {}))
+        for k in ("sweep", "eager"):
+            if k in resume:
+                data[k] = resume[k]
+        done = set(data["cases"]) | {k for k in ("sweep", "eager") if k in data}
+        log(f"resuming: keeping {sorted(done & set(cases))}")
+        cases = [c for c in cases if c not in done]
     builders = {"T1": lambda: t1_workload(), "T1f64": lambda: t1_workload(dtype=jnp.float64),
                 "T2": t2_workload, "T3": t3_workload, "T4": t4_workload}
     for case in cases:
@@ -1026,6 +1037,10 @@ def main(quick: bool = False, cases: list[str] | None = None, modes: list[str] |
             data["eager"] = eager(quick, log=log)
         data["wall_s"][case] = time.perf_counter() - t0
         log(f"{case}: done in {data['wall_s'][case]:.0f} s")
+        jax.clear_caches()  # drop this case's executables (the machine's memory is shared)
+        gc.collect()
+        if on_case is not None:
+            on_case(data)
     return data
 
 
@@ -1049,7 +1064,9 @@ def cli():
     p.add_argument("--cases", help=f"comma-separated subset of {list(ALL_CASES + FULL_EXTRA)}")
     p.add_argument("--modes", help="comma-separated gradient modes to run (the reference, "
                                    f"{REFERENCE!r}, always runs); default: all")
-    p.add_argument("--json", help="write the raw results to this file")
+    p.add_argument("--json", help="write the raw results to this file (after every case)")
+    p.add_argument("--resume", metavar="JSON",
+                   help="keep the cases of this (interrupted) run's JSON, run the others")
     p.add_argument("--plot", help="write the sweep's plot (PNG) to this file")
     p.add_argument("--mem-cap-gb", type=float, default=MEM_CAP_GIB,
                    help="do not run a step whose compiled temporary memory exceeds this "
@@ -1059,11 +1076,19 @@ def cli():
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    def save(data):
+        if a.json:
+            Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(a.json).write_text(json.dumps(_jsonable(data), indent=1))
+
     info = C.machine_info()
+    resume = json.loads(Path(a.resume).read_text()) if a.resume else None
     t0 = time.perf_counter()
     data = main(quick=a.quick, cases=a.cases.split(",") if a.cases else None,
                 modes=a.modes.split(",") if a.modes else None, plot=a.plot,
-                mem_cap_gib=a.mem_cap_gb, log=log)
+                mem_cap_gib=a.mem_cap_gb, resume=resume, on_case=save, log=log)
+    if resume and "info" in resume:
+        data["info_resumed_run"] = resume["info"]
     data["info"] = info
     data["info"]["load average (after)"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     data["total_s"] = time.perf_counter() - t0
@@ -1076,8 +1101,7 @@ def cli():
     print(f"\nTotal wall time {data['total_s']:.0f} s "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in data['wall_s'].items())}).")
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(_jsonable(data), indent=1))
+        save(data)
         log(f"wrote {a.json}")
 
 
