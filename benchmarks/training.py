@@ -393,9 +393,10 @@ def t1_workload(num_outputs: int = 50, batch: int = 32, dtype=jnp.float32) -> Wo
         return loss
 
     name = "float32" if dtype == jnp.float32 else "float64"
+    key = "T1" if dtype == jnp.float32 else "T1f64"
     return Workload(
-        key="T1" if dtype == jnp.float32 else "T1f64",
-        title=(f"T1: MLP 2-64-64-2 (softplus) fitted to {batch} noisy Lotka-Volterra "
+        key=key,
+        title=(f"{key}: MLP 2-64-64-2 (softplus) fitted to {batch} noisy Lotka-Volterra "
                f"trajectories, {num_outputs} outputs on [0, 10], vmap, Tsit5, rtol 1e-4, "
                f"atol 1e-6, Adam, {name}"),
         model_for=lambda m: model,
@@ -1058,6 +1059,21 @@ def _jsonable(obj):
     return obj
 
 
+def report(data: dict) -> str:
+    """The CLI's output: command, machine, every table, the targets, wall times."""
+    out = [f"Command: `{data.get('command', '?')}`", ""]
+    if data.get("info"):
+        out += [C.md_table(["", ""], [[k, v] for k, v in data["info"].items()]), ""]
+    out.append(markdown(data))
+    rows = target_rows(data)
+    if rows:
+        out += ["", "### Acceptance targets (issue #10)", "",
+                C.md_table(["target", "this run", "verdict"], rows)]
+    walls = ", ".join(f"{k} {v:.0f} s" for k, v in data.get("wall_s", {}).items())
+    out += ["", f"Total wall time {data.get('total_s', float('nan')):.0f} s ({walls})."]
+    return "\n".join(out)
+
+
 def cli():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: few rounds, short sweep")
@@ -1065,6 +1081,8 @@ def cli():
     p.add_argument("--modes", help="comma-separated gradient modes to run (the reference, "
                                    f"{REFERENCE!r}, always runs); default: all")
     p.add_argument("--json", help="write the raw results to this file (after every case)")
+    p.add_argument("--render", metavar="JSON",
+                   help="do not run: print the report of a saved JSON")
     p.add_argument("--resume", metavar="JSON",
                    help="keep the cases of this (interrupted) run's JSON, run the others")
     p.add_argument("--plot", help="write the sweep's plot (PNG) to this file")
@@ -1075,6 +1093,10 @@ def cli():
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
+
+    if a.render:
+        print(report(json.loads(Path(a.render).read_text())))
+        return
 
     def save(data):
         if a.json:
@@ -1093,13 +1115,10 @@ def cli():
     data["info"]["load average (after)"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     data["total_s"] = time.perf_counter() - t0
     data["command"] = " ".join([".venv/bin/python", "benchmarks/training.py"] + sys.argv[1:])
-    print(markdown(data))
-    rows = target_rows(data)
-    if rows:
-        print("\n### Acceptance targets (issue #10)\n")
-        print(C.md_table(["target", "this run", "verdict"], rows))
-    print(f"\nTotal wall time {data['total_s']:.0f} s "
-          f"({', '.join(f'{k} {v:.0f} s' for k, v in data['wall_s'].items())}).")
+    if a.json and data.get("sweep", {}).get("plot"):  # link the plot relative to the JSON
+        data["sweep"]["plot"] = os.path.relpath(data["sweep"]["plot"],
+                                                Path(a.json).resolve().parent)
+    print(report(data))
     if a.json:
         save(data)
         log(f"wrote {a.json}")
