@@ -1,11 +1,14 @@
-"""Run the forward and gradient benchmarks and write docs/benchmarks.md.
+"""Run the training-step, forward and gradient benchmarks and write docs/benchmarks.md.
 
     .venv/bin/python benchmarks/run.py [--quick] [--out docs/benchmarks.md]
+                                       [--families training,forward,gradients]
 
-The report holds the command, the machine, every table, the acceptance targets evaluated on
-this run's numbers, and the hand-written discussion in benchmarks/discussion.md (which quotes
-the run it was written for). ``--quick`` is a smoke run: fewer cases and repeats, numbers not
-meant to be quoted; it writes to the same file unless ``--out`` says otherwise.
+The report holds the command, the machine, every table (the training-step family first, then
+the micro cases), the acceptance targets evaluated on this run's numbers, and the hand-written
+discussion in benchmarks/discussion.md (which quotes the run it was written for). The T1
+sweep's plot is written beside the report (``<out stem>_t1_sweep.png``). ``--quick`` is a smoke
+run: fewer cases and repeats, numbers not meant to be quoted; it writes to the same file unless
+``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import _common as C
 import forward
 import gradients
+import training
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,8 +34,10 @@ def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
-def targets(fwd, grad) -> str:
-    rows = []
+def targets(fwd, grad, train=None) -> str:
+    rows = training.target_rows(train) if train else []
+    if fwd is None or grad is None:
+        return C.md_table(["target", "this run", "verdict"], rows)
     # 1. Forward wall time not slower than diffrax on any case (same solver).
     for prob, case in fwd.values():
         res = case["methods"]
@@ -80,7 +86,10 @@ def targets(fwd, grad) -> str:
 
 
 def render(data) -> str:
-    fwd, grad = data["forward"], data["gradients"]
+    fwd, grad, train = data.get("forward"), data.get("gradients"), data.get("training")
+    walls = [f"{name} {data[key]:.0f} s" for name, key in
+             (("training", "train_s"), ("forward", "fwd_s"), ("gradients", "grad_s"))
+             if data.get(key) is not None]
     lines = [
         "# Benchmarks",
         "",
@@ -95,8 +104,7 @@ def render(data) -> str:
         "",
         C.md_table(["", ""], [[k, v] for k, v in data["info"].items()]
                    + [["load average after", data["load_after"]],
-                      ["wall time", f"forward {data['fwd_s']:.0f} s, "
-                                    f"gradients {data['grad_s']:.0f} s"]]),
+                      ["wall time", ", ".join(walls)]]),
         "",
         "## How to read this",
         "",
@@ -110,7 +118,10 @@ def render(data) -> str:
         "- Compile time = trace + lower (Python, JAX) and XLA compile, measured with "
         "`jax.jit(f).lower(...).compile()`, once per method.",
         "- NFE: ours from `sol.stats` / `stats_probe`; peers' counted by a host callback in "
-        "the vector field during one extra, untimed call (a VJP counts as one).",
+        "the vector field during one extra, untimed call (a VJP counts as one). The training "
+        "family counts every method by host callback (see its introduction).",
+        "- *Training steps* are whole optimisation steps as a user compiles them; the micro "
+        "cases after them (forward solves, gradients) isolate one solve or one gradient.",
         "- *floor*: a bare `lax.fori_loop` of the same Runge-Kutta stages, as many steps as "
         "our solve took (so the same NFE), without error control or dense output: the "
         "irreducible cost of the stage evaluations. *minimal adaptive*: a hand-written "
@@ -119,17 +130,15 @@ def render(data) -> str:
         "",
         "## Acceptance targets",
         "",
-        targets(fwd, grad),
-        "",
-        "## Forward solves",
-        "",
-        forward.markdown(fwd),
-        "",
-        "## Gradients",
-        "",
-        gradients.markdown(grad),
+        targets(fwd, grad, train),
         "",
     ]
+    if train:
+        lines += ["## Training steps", "", training.markdown(train), ""]
+    if fwd:
+        lines += ["## Forward solves", "", forward.markdown(fwd), ""]
+    if grad:
+        lines += ["## Gradients", "", gradients.markdown(grad), ""]
     discussion = Path(__file__).with_name("discussion.md")
     if discussion.exists():
         lines += ["## Discussion", "", discussion.read_text().strip(), ""]
@@ -154,6 +163,8 @@ def main():
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--save", default=str(Path(tempfile.gettempdir()) / "neuralode_bench.pkl"),
                    help="where to pickle the raw results, for --render")
+    p.add_argument("--families", default="training,forward,gradients",
+                   help="comma-separated benchmark families to run (default: all three)")
     p.add_argument("--render", metavar="PICKLE",
                    help="do not run: re-render the report from saved results (e.g. after "
                         "editing discussion.md)")
@@ -187,17 +198,34 @@ def main():
         with open(a.render, "rb") as fh:
             data = pickle.load(fh)
     else:
+        families = set(a.families.split(","))
+        unknown = families - {"training", "forward", "gradients"}
+        if unknown:
+            raise SystemExit(f"--families: unknown {sorted(unknown)}")
         info = C.machine_info()
-        t0 = time.perf_counter()
-        fwd = forward.main(quick=a.quick, log=log)
-        t1 = time.perf_counter()
-        grad = gradients.main(quick=a.quick, log=log)
-        t2 = time.perf_counter()
+        out = Path(a.out)
+        plot = out.with_name(out.stem + "_t1_sweep.png")
+        data = dict(info=info, quick=a.quick)
+        if "training" in families:
+            t0 = time.perf_counter()
+            data["training"] = training.main(quick=a.quick, plot=str(plot), log=log)
+            if data["training"].get("sweep", {}).get("plot"):
+                data["training"]["sweep"]["plot"] = plot.name  # relative to the report
+            data["train_s"] = time.perf_counter() - t0
+        if "forward" in families:
+            t0 = time.perf_counter()
+            data["forward"] = forward.main(quick=a.quick, log=log)
+            data["fwd_s"] = time.perf_counter() - t0
+        if "gradients" in families:
+            t0 = time.perf_counter()
+            data["gradients"] = gradients.main(quick=a.quick, log=log)
+            data["grad_s"] = time.perf_counter() - t0
+        command = ".venv/bin/python benchmarks/run.py" + (" --quick" if a.quick else "")
+        if families != {"training", "forward", "gradients"}:
+            command += f" --families {a.families}"
         data = _plain(dict(
-            forward=fwd, gradients=grad, info=info, quick=a.quick,
-            command=".venv/bin/python benchmarks/run.py" + (" --quick" if a.quick else ""),
+            data, command=command,
             load_after=" ".join(f"{x:.2f}" for x in os.getloadavg()),
-            fwd_s=t1 - t0, grad_s=t2 - t1,
         ))
         with open(a.save, "wb") as fh:
             pickle.dump(data, fh)
