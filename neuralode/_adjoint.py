@@ -242,7 +242,7 @@ class ForwardMode(AbstractAdjoint):
     """
 
     def backward(self, problem, x, ys, n_acc, result, rec, ct):
-        return _forward_mode(problem, x, ys, ct)
+        return _forward_mode(problem, x, result, ct)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,11 +286,11 @@ def _finish(problem: Problem, x: Primal, ys, ct, skip, a_final, a0, params_bar, 
         # The check guards every gradient leaf: whichever cotangent the caller uses, a failed
         # backward solve raises (a check on one leaf alone is dropped when that leaf is unused).
         grads = eqx.branched_error_if(grads, failed, result, messages)
-    # A sample whose forward solve failed (throw=False) has no gradient: zero if its outputs
-    # are unused (a masked loss), NaN otherwise.
-    used = jnp.any(ct != 0)
-    bad = failed | (skip & used)
-    grads = jax.tree.map(lambda g: jnp.where(bad, jnp.nan, jnp.where(skip, 0.0, g)), grads)
+    # A sample whose forward solve failed (throw=False) contributes nothing: its unreached
+    # outputs are NaN, so the loss that uses them is NaN already, and a loss that masks it
+    # (jnp.where(sol.result == 0, ...)) sends NaN·0 = NaN cotangents that must not spread into
+    # the gradient of shared parameters.
+    grads = jax.tree.map(lambda g: jnp.where(failed, jnp.nan, jnp.where(skip, 0.0, g)), grads)
     a_final, g_ts, params_bar = grads
     return Primal(a_final, g_ts, params_bar, bstats.astype(x.probe.dtype))
 
@@ -671,15 +671,15 @@ def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_
 # ForwardMode
 
 
-def _forward_mode(problem: Problem, x: Primal, ys, ct):
+def _forward_mode(problem: Problem, x: Primal, fwd_result, ct):
     """``J^T ct`` with ``J`` materialised column by column from forward sensitivities."""
     diff = Primal(x.y0, x.ts, x.params, jnp.zeros_like(x.probe))
     flat, unravel = ravel_pytree(diff)
     basis = jnp.eye(flat.shape[0], dtype=flat.dtype)
-    jac, stats = jax.vmap(lambda e: sensitivity(problem, x, ys, unravel(e), with_stats=True))(
-        basis
-    )
-    g = unravel(jnp.tensordot(jac, ct, axes=ct.ndim).astype(flat.dtype))
+    jac, stats = jax.vmap(lambda e: sensitivity(problem, x, unravel(e), with_stats=True))(basis)
+    g = jnp.tensordot(jac, jnp.nan_to_num(ct), axes=ct.ndim).astype(flat.dtype)
+    # A failed forward solve contributes nothing (see _finish).
+    g = unravel(jnp.where(fwd_result != Result.successful, 0.0, g))
     return Primal(g.y0, g.ts, g.params, stats[0].astype(x.probe.dtype))
 
 

@@ -104,7 +104,7 @@ SOLVE = Rules("the solve", _solve_impl, _solve_abstract, _solve_jvp)
 
 
 def _sens_impl(problem, x, res, xdot):
-    return sensitivity(problem, x, res[0], xdot)
+    return sensitivity(problem, x, xdot)
 
 
 def _sens_abstract(problem, x, res, xdot):
@@ -217,7 +217,7 @@ HESS = Rules("the second derivative", _hess_impl, _hess_abstract, _hess_jvp, _he
 
 def _sens2_impl(problem, x, xdot, dx):
     def sens(xx):
-        return sensitivity(problem, xx, forward(problem, xx)[0], xdot)
+        return sensitivity(problem, xx, xdot)
 
     return jax.jvp(sens, (x,), (fill_zeros(dx, x),))[1]
 

@@ -120,7 +120,7 @@ def forward(
     return ys, st, rec
 
 
-def sensitivity(problem: Problem, x: Primal, ys: Array, xdot: Primal, with_stats: bool = False):
+def sensitivity(problem: Problem, x: Primal, xdot: Primal, with_stats: bool = False):
     """The forward sensitivity ``d ys`` for the tangent ``xdot`` (``None`` leaves are zero).
 
     The solve is differentiated in forward mode with its steps held fixed; the output times
@@ -137,8 +137,12 @@ def sensitivity(problem: Problem, x: Primal, ys: Array, xdot: Primal, with_stats
         _, st_out, _ = out = forward(problem, Primal(y0, ts, params, x.probe))
         return out[0], st_out.ints[jnp.array(STAT_SLOTS[:NUM_STATS])]
 
-    _, ys_dot, stats = jax.jvp(solve, (x.y0, x.params), (start_dot, xdot.params),
-                               has_aux=True)
+    # The outputs for the time terms come from this same solve, not from the residual `ys`:
+    # then a caller that only wants tangents (jax.jacfwd) leaves the primal solve unused and
+    # XLA drops it, so a Jacobian costs one solve plus the tangents.
+    ys_own, ys_dot, stats = jax.jvp(solve, (x.y0, x.params), (start_dot, xdot.params),
+                                    has_aux=True)
+    ys = lax.stop_gradient(ys_own)
     fs = jax.vmap(lambda t, y: field(problem, x, t, y))(ts, ys)
     ys_dot = (ys_dot + fs * xdot.ts[:, None]).astype(ys.dtype).at[0].set(xdot.y0)
     return (ys_dot, stats) if with_stats else ys_dot

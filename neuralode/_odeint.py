@@ -83,13 +83,15 @@ def _prepare_y0(y0):
                 arr = arr.astype(jnp.result_type(float))
             else:
                 raise TypeError(f"odeint: `y0` leaf has unsupported dtype {arr.dtype}.")
+        if getattr(arr, "weak_type", False):  # e.g. jnp.full(..., 0.0): compile once, not twice
+            arr = arr.astype(arr.dtype)
         out.append(arr)
     return jax.tree.unflatten(treedef, out)
 
 
 def _check_f_output(f, t0, y0, args):
     try:
-        out = jax.eval_shape(f, t0, y0, args)
+        out = eqx.filter_eval_shape(f, t0, y0, args)
     except Exception as err:
         err.add_note("(raised by neuralode.odeint while calling f(t, y0, args) to check it)")
         raise
