@@ -280,8 +280,26 @@ def _flat_field(f, y0, ts, args):
     return fn, y_flat, diff, nondiff, unravel
 
 
-@eqx.filter_jit
+# Eager calls reuse compiled programs; the cache is bounded: every compiled program pins
+# executable memory (hundreds of memory mappings on CPU), and a notebook that calls odeint with
+# a fresh lambda each time would otherwise accumulate them until the process runs out.
+_MAX_EAGER_PROGRAMS = 64
+
+
+class _EagerCache:
+    compiled: Callable | None = None
+    traces = 0
+
+
+def _compiled():
+    if _EagerCache.compiled is None or _EagerCache.traces >= _MAX_EAGER_PROGRAMS:
+        _EagerCache.compiled = eqx.filter_jit(_odeint_compiled)
+        _EagerCache.traces = 0
+    return _EagerCache.compiled
+
+
 def _odeint_compiled(f, y0, ts, args, rtol, atol, dt0, probe, static: _Static):
+    _EagerCache.traces += 1  # runs once per trace (compilation), not per call
     _check_f_output(f, ts[0].astype(jnp.result_type(*jax.tree.leaves(y0))), y0, args)
     if static.check_ts:
         d = jnp.diff(ts)
@@ -475,4 +493,4 @@ def odeint(
         check_ts=check_ts,
         captured=_fingerprint(f),
     )
-    return _odeint_compiled(f, y0, ts, args, rtol, atol, dt0_arr, probe, static)
+    return _compiled()(f, y0, ts, args, rtol, atol, dt0_arr, probe, static)
