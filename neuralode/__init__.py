@@ -22,6 +22,7 @@ from ._adjoint import (
     InterpolatedAdjoint,
 )
 from ._controller import PIController
+from ._event import Event
 from ._odeint import odeint
 from ._solution import Result, Solution
 from ._solvers import (
@@ -56,6 +57,7 @@ __all__ = [
     "Dopri5",
     "Dopri8",
     "Euler",
+    "Event",
     "ForwardMode",
     "Heun",
     "InterpolatedAdjoint",

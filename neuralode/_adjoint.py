@@ -33,6 +33,7 @@ the record never holds more than ``2·checkpoints`` states whatever ``max_steps`
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -41,9 +42,20 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from ._controller import rms_norm
-from ._forward import NUM_STATS, Primal, Problem, field, forward, internal, sensitivity
+from ._event import ift_cotangent
+from ._forward import (
+    NUM_STATS,
+    Primal,
+    Problem,
+    event_function,
+    field,
+    forward,
+    internal,
+    sensitivity,
+)
 from ._integrate import (
     ACCEPTED,
+    NEXT,
     NFE,
     REJECTED,
     RESULT,
@@ -71,11 +83,13 @@ class AbstractAdjoint:
         """The step record the forward solve keeps for this mode (``None``: none)."""
         return None
 
-    def backward(self, problem: Problem, x: Primal, ys, n_acc, result, rec, ct) -> Primal:
+    def backward(self, problem: Problem, x: Primal, ys, n_acc, result, rec, ct, ev=None,
+                 ct_ev=None) -> Primal:
         """Cotangents of ``x`` for the output cotangent ``ct`` (``probe``: backward statistics).
 
         ``n_acc`` and ``result`` are the forward solve's accepted steps and result code,
-        ``rec`` its step record (:meth:`recorder`).
+        ``rec`` its step record (:meth:`recorder`), ``ev`` its events (``EventOut``) and
+        ``ct_ev`` the cotangents ``(of event_time, of event_y)``.
         """
         raise NotImplementedError
 
@@ -166,8 +180,8 @@ class BacksolveAdjoint(AbstractAdjoint):
                 f"{self.drift_check!r}."
             )
 
-    def backward(self, problem, x, ys, n_acc, result, rec, ct):
-        return _backsolve(self, problem, x, ys, result, ct)
+    def backward(self, problem, x, ys, n_acc, result, rec, ct, ev=None, ct_ev=None):
+        return _backsolve(self, problem, x, ys, result, _Extra.of(problem, x, ys, ct, ev, ct_ev))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,8 +211,9 @@ class InterpolatedAdjoint(AbstractAdjoint):
     def recorder(self, cfg):
         return Recorder(_slots(self.checkpoints), thin=True, dense=True)
 
-    def backward(self, problem, x, ys, n_acc, result, rec, ct):
-        return _interpolated(self, problem, x, ys, n_acc, result, rec, ct)
+    def backward(self, problem, x, ys, n_acc, result, rec, ct, ev=None, ct_ev=None):
+        return _interpolated(self, problem, x, ys, n_acc, result, rec,
+                             _Extra.of(problem, x, ys, ct, ev, ct_ev))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,8 +240,9 @@ class CheckpointAdjoint(AbstractAdjoint):
     def recorder(self, cfg):
         return Recorder(_slots(self.checkpoints), thin=True)
 
-    def backward(self, problem, x, ys, n_acc, result, rec, ct):
-        return _checkpoint(self, problem, x, ys, n_acc, result, rec, ct)
+    def backward(self, problem, x, ys, n_acc, result, rec, ct, ev=None, ct_ev=None):
+        return _checkpoint(self, problem, x, ys, n_acc, result, rec,
+                           _Extra.of(problem, x, ys, ct, ev, ct_ev))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,8 +257,8 @@ class ForwardMode(AbstractAdjoint):
     input entry: use it for models with few parameters, and a reverse mode otherwise.
     """
 
-    def backward(self, problem, x, ys, n_acc, result, rec, ct):
-        return _forward_mode(problem, x, result, ct)
+    def backward(self, problem, x, ys, n_acc, result, rec, ct, ev=None, ct_ev=None):
+        return _forward_mode(problem, x, result, ct, ct_ev)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,8 +289,12 @@ def _stats(st_end: LoopState, st_start: LoopState | None = None):
 
 
 def _finish(problem: Problem, x: Primal, ys, ct, skip, a_final, a0, params_bar, bstats,
-            result, hint: str):
-    """Assemble the cotangent of ``x``; failed backward solves give NaN or raise."""
+            result, hint: str, c_params=None):
+    """Assemble the cotangent of ``x``; failed backward solves give NaN or raise.
+
+    ``c_params`` is a direct cotangent of the parameters (the event functions')."""
+    if c_params is not None:
+        params_bar = jax.tree.map(jnp.add, params_bar, c_params)
     g_ts = _time_grads(problem, x, ys, ct, a0)
     grads = (a_final, g_ts, params_bar)
     failed = (result != Result.successful) & ~skip
@@ -307,6 +327,96 @@ def _single_time(problem: Problem, x: Primal, ys, ct, skip):
 def _sanitize(ys, skip):
     """Zeros for a failed forward solve (its backward pass is skipped)."""
     return jnp.where(skip | ~jnp.isfinite(ys), 0.0, ys)
+
+
+class _Extra(NamedTuple):
+    """What the events of a solve add to its backward pass.
+
+    The cotangents of the event time and state become, by the implicit function theorem, a
+    cotangent ``c_y`` of the state at the fixed internal time ``tau`` (an extra output) and a
+    direct cotangent ``c_params`` of the event function's parameters. A terminal event ends the
+    solve at ``tau`` (``end``): the backward pass starts there, and the outputs after it (never
+    reached) carry no cotangent. Without events the extra output is inert (``c_y = 0`` at
+    ``tau = +inf``) and the backward pass starts at ``ts[-1]``.
+    """
+
+    ct: Any  # the output cotangents (zero where not reached)
+    tau: Any  # internal time of the extra output (+inf: none)
+    c_y: Any
+    c_params: Any
+    end: Any  # internal time where the backward pass starts
+    y_end: Any  # the state there
+    terminal: Any  # bool: the solve ended at an event
+
+    @staticmethod
+    def of(problem: Problem, x: Primal, ys, ct, ev, ct_ev) -> _Extra:
+        sign, taus, _ = internal(problem, x)
+        zeros_p = jax.tree.map(jnp.zeros_like, x.params)
+        if ev is None:
+            return _Extra(ct, jnp.asarray(jnp.inf, taus.dtype), jnp.zeros_like(x.y0), zeros_p,
+                          taus[-1], ys[-1], jnp.zeros((), bool))
+        found = ev.index >= 0
+        index = jnp.maximum(ev.index, 0)
+        terminal = found & jnp.asarray(problem.cfg.event_terminal)[index]
+        t_star = jnp.where(found, ev.time, x.ts[0])
+        y_star = jnp.where(found, ev.y, x.y0)
+        cond = event_function(problem, x)
+
+        def g_one(t, y, p):
+            return cond(t, y, p)[index]
+
+        f_star = field(problem, x, t_star, y_star)
+        ct_t, ct_y = ct_ev
+        c_y, c_p = ift_cotangent(g_one, t_star, y_star, f_star, x.params, ct_t, ct_y)
+        c_y = jnp.where(found, c_y, 0.0).astype(x.y0.dtype)
+        c_p = jax.tree.map(lambda v: jnp.where(found, v, 0.0), c_p)
+        tau = jnp.where(found, sign * t_star, jnp.inf).astype(taus.dtype)
+        reached = jnp.isfinite(ys)
+        return _Extra(
+            ct=jnp.where(reached, ct, 0.0),
+            tau=tau,
+            c_y=c_y,
+            c_params=c_p,
+            end=jnp.where(terminal, tau, taus[-1]),
+            y_end=jnp.where(terminal, y_star, ys[-1]),
+            terminal=terminal,
+        )
+
+    def start_state(self, ys, taus):
+        """``(a0, first stop)`` of a continuous backward pass from ``end``: the cotangent of
+        the state there (the event's, plus outputs at exactly that time) and the index of the
+        first backward stop strictly before it."""
+        rho_stops = _stop_times(taus)
+        at_end = (taus == self.end) & jnp.isfinite(ys[:, 0] if ys.shape[1] else taus)
+        a0 = jnp.where(self.terminal, self.c_y + jnp.sum(jnp.where(at_end[:, None], self.ct, 0.0),
+                                                      axis=0), self.ct[-1])
+        first = jnp.where(self.terminal, jnp.sum(rho_stops <= -self.end), 0)
+        return a0.astype(ys.dtype), first.astype(jnp.int32)
+
+    def stops(self, taus, output_jump, n_out):
+        """Backward stops: the output times before the start (and a non-terminal event's time),
+        with the jumps that add their cotangents."""
+        rho_out = _stop_times(taus)  # n_out - 1 stops, increasing
+        rho_ev = jnp.where(self.terminal, jnp.inf, -self.tau)
+        rho = jnp.concatenate([rho_out, rho_ev[None]])
+        order = jnp.argsort(rho)
+        rho = rho[order]
+
+        def jump(s, y, q):
+            k = order[s]
+            is_event = k == n_out - 1
+            y_out, q, result = output_jump(jnp.minimum(k, n_out - 2), y, q)
+            y_ev = _add_event(y, self.c_y)
+            return jnp.where(is_event, y_ev, y_out), q, jnp.where(is_event, Result.successful,
+                                                                   result)
+
+        return Stops(rho, jump)
+
+
+def _add_event(y, c_y):
+    """Add ``c_y`` to the adjoint part (the last ``len(c_y)`` entries) of a backward state."""
+    n = c_y.shape[0]
+    return y.at[y.shape[0] - n:].add(c_y) if n else y
 
 
 _BACKSOLVE_HINT = (
@@ -380,11 +490,13 @@ def _stop_times(taus):
 # BacksolveAdjoint
 
 
-def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_result, ct):
+def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_result,
+               extra: _Extra):
+    ct = extra.ct
     n_out, n = ys.shape
     params_flat, unravel = ravel_pytree(x.params)
     m = params_flat.shape[0]
-    skip = fwd_result != Result.successful
+    skip = ~Result.succeeded(fwd_result)
     ys = _sanitize(ys, skip)
     if n_out == 1:
         return _single_time(problem, x, ys, ct, skip)
@@ -419,8 +531,8 @@ def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_resu
         (a_p,) = vjp((-buf["w"][:, None] * a).astype(a.dtype))
         return ravel_pytree(a_p)[0]
 
-    def jump(s, y, q):
-        i = n_out - 2 - s
+    def jump(k, y, q):
+        i = n_out - 2 - k
         z, a = y[:n], y[n:]
         result = Result.successful
         if mode.drift_check is not None:
@@ -429,18 +541,20 @@ def _backsolve(mode: BacksolveAdjoint, problem: Problem, x: Primal, ys, fwd_resu
             result = jnp.where(drift <= mode.drift_check, Result.successful, Result.drift)
         return jnp.concatenate([ys[i], a + ct[i]]), q, result
 
-    rho0 = -taus[-1]
+    a0, first = extra.start_state(ys, taus)
+    rho0 = -extra.end
     rho_end = jnp.where(skip, rho0, -taus[0])
     lcfg = _adjoint_config(mode, problem)
-    s0 = jnp.concatenate([ys[-1], ct[-1]])
+    s0 = jnp.concatenate([extra.y_end, a0])
     st = start(g, lcfg, rho0, rho_end, s0, jnp.zeros((m,), params_flat.dtype), rtol, atol,
                direction=direction)
-    stops = Stops(_stop_times(taus), jump)
+    st = st._replace(ints=st.ints.at[NEXT].set(first))
+    stops = extra.stops(taus, jump, n_out)
     st = _integrate_adjoint(mode, problem, g, flush, st, rho_end, rtol, atol, stops,
                             st.ints[STEPS] + problem.cfg.max_steps, direction)
     a_final = st.y[n:]
     return _finish(problem, x, ys, ct, skip, a_final, a_final - ct[0], unravel(st.q),
-                   _stats(st), st.ints[RESULT], _BACKSOLVE_HINT)
+                   _stats(st), st.ints[RESULT], _BACKSOLVE_HINT, extra.c_params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,12 +632,13 @@ def _step_size(st: LoopState, t_end):
 
 
 def _checkpoint(mode: CheckpointAdjoint, problem: Problem, x: Primal, ys, n_acc, fwd_result,
-                rec, ct):
+                rec, extra: _Extra):
+    ct = extra.ct
     cfg = problem.cfg
     solver = cfg.solver
     n_out, n = ys.shape
     dtype = ys.dtype
-    skip = fwd_result != Result.successful
+    skip = ~Result.succeeded(fwd_result)
     ys = _sanitize(ys, skip)
     n_acc = jnp.where(skip, 0, n_acc)
     sign, taus, _ = internal(problem, x)
@@ -561,6 +676,13 @@ def _checkpoint(mode: CheckpointAdjoint, problem: Problem, x: Primal, ys, n_acc,
 
             ct_c0 = jnp.zeros((solver.dense_degree, n), dtype)
             j_out, ct_c, ct_y = lax.while_loop(more, gather, (j_out, ct_c0, jnp.zeros_like(y)))
+            # The event's state, an extra output of the step that contains its time.
+            has_ev = (extra.tau > t) & (extra.tau <= t + h)
+            theta = jnp.where(has_ev, (extra.tau - t) / h, 0.0)
+            powers = theta ** jnp.arange(1, solver.dense_degree + 1, dtype=theta.dtype)
+            c_ev = jnp.where(has_ev, extra.c_y, 0.0)
+            ct_c = ct_c + (powers[:, None] * c_ev[None, :]).astype(dtype)
+            ct_y = ct_y + c_ev
             _, vjp = jax.vjp(lambda yy, pp: step_map(yy, pp, t, h), y, x.params)
             g_y, g_p = vjp((a, ct_c))
             a_p = jax.tree.map(jnp.add, a_p, g_p)
@@ -579,7 +701,8 @@ def _checkpoint(mode: CheckpointAdjoint, problem: Problem, x: Primal, ys, n_acc,
         a, a_p, _, nsteps = carry
     bstats = bstats + jnp.stack([nsteps, nsteps, 0 * nsteps, nsteps * nfe_per_step])
     result = jnp.asarray(Result.successful, jnp.int32)
-    return _finish(problem, x, ys, ct, skip, a + ct[0], a, a_p, bstats, result, "")
+    return _finish(problem, x, ys, ct, skip, a + ct[0], a, a_p, bstats, result, "",
+                   extra.c_params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,12 +710,13 @@ def _checkpoint(mode: CheckpointAdjoint, problem: Problem, x: Primal, ys, n_acc,
 
 
 def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_acc, fwd_result,
-                  rec, ct):
+                  rec, extra: _Extra):
+    ct = extra.ct
     cfg = problem.cfg
     n_out, n = ys.shape
     params_flat, unravel = ravel_pytree(x.params)
     m = params_flat.shape[0]
-    skip = fwd_result != Result.successful
+    skip = ~Result.succeeded(fwd_result)
     ys = _sanitize(ys, skip)
     if n_out == 1:
         return _single_time(problem, x, ys, ct, skip)
@@ -629,10 +753,10 @@ def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_
 
         return g, flush
 
-    def jump(s, y, q):
-        return y + ct[n_out - 2 - s], q, jnp.asarray(Result.successful, jnp.int32)
+    def jump(k, y, q):
+        return y + ct[n_out - 2 - k], q, jnp.asarray(Result.successful, jnp.int32)
 
-    stops = Stops(_stop_times(taus), jump)
+    stops = extra.stops(taus, jump, n_out)
 
     def leaf(rec_obj, buf, level, count, seg_end, carry):
         st_adj, limit = carry
@@ -651,35 +775,43 @@ def _interpolated(mode: InterpolatedAdjoint, problem: Problem, x: Primal, ys, n_
                                     limit, direction)
         return st_adj, limit
 
-    rho0 = -taus[-1]
-    # The first step size is chosen with z frozen at ys[-1] (its second evaluation only guides
-    # the guess; the derivative at ρ0 itself is exact there).
-    g0, _ = make(lambda tau: ys[-1])
+    a0, first = extra.start_state(ys, taus)
+    rho0 = -extra.end
+    # The first step size is chosen with z frozen at its value at the start (its second
+    # evaluation only guides the guess; the derivative at ρ0 itself is exact there).
+    g0, _ = make(lambda tau: extra.y_end)
     rho_end = jnp.where(skip, rho0, -taus[0])
-    st0 = start(g0, lcfg, rho0, rho_end, ct[-1], jnp.zeros((m,), params_flat.dtype), rtol,
+    st0 = start(g0, lcfg, rho0, rho_end, a0, jnp.zeros((m,), params_flat.dtype), rtol,
                 atol, direction=direction)
+    st0 = st0._replace(ints=st0.ints.at[NEXT].set(first))
     bstats = jnp.zeros((NUM_STATS,), jnp.int32)
     limit = st0.ints[STEPS] + cfg.max_steps
     (st, _), bstats = _walk(problem, x, n_acc, rec, mode.recorder(cfg), leaf, (st0, limit),
                             bstats)
     bstats = bstats + _stats(st)
     return _finish(problem, x, ys, ct, skip, st.y, st.y - ct[0], unravel(st.q), bstats,
-                   st.ints[RESULT], _INTERPOLATED_HINT)
+                   st.ints[RESULT], _INTERPOLATED_HINT, extra.c_params)
 
 
 # ---------------------------------------------------------------------------------------------
 # ForwardMode
 
 
-def _forward_mode(problem: Problem, x: Primal, fwd_result, ct):
+def _forward_mode(problem: Problem, x: Primal, fwd_result, ct, ct_ev=None):
     """``J^T ct`` with ``J`` materialised column by column from forward sensitivities."""
     diff = Primal(x.y0, x.ts, x.params, jnp.zeros_like(x.probe))
     flat, unravel = ravel_pytree(diff)
     basis = jnp.eye(flat.shape[0], dtype=flat.dtype)
     jac, stats = jax.vmap(lambda e: sensitivity(problem, x, unravel(e), with_stats=True))(basis)
-    g = jnp.tensordot(jac, jnp.nan_to_num(ct), axes=ct.ndim).astype(flat.dtype)
+    if ct_ev is None:
+        jac, cts = (jac,), (ct,)
+    else:
+        jac_ys, (jac_t, jac_y) = jac
+        jac, cts = (jac_ys, jac_t, jac_y), (ct, ct_ev[0], ct_ev[1])
+    g = sum(jnp.tensordot(j, jnp.nan_to_num(c), axes=c.ndim).astype(flat.dtype)
+            for j, c in zip(jac, cts, strict=True))
     # A failed forward solve contributes nothing (see _finish).
-    g = unravel(jnp.where(fwd_result != Result.successful, 0.0, g))
+    g = unravel(jnp.where(Result.succeeded(fwd_result), g, 0.0))
     return Primal(g.y0, g.ts, g.params, stats[0].astype(x.probe.dtype))
 
 
@@ -687,5 +819,5 @@ def backward_from_scratch(problem: Problem, x: Primal, ct):
     """The mode's backward pass with the forward solve recomputed from ``x`` (differentiable
     in forward mode: the second derivatives are built from it)."""
     mode = problem.cfg.adjoint
-    ys, st, rec = forward(problem, x, mode.recorder(problem.cfg))
+    ys, st, rec, _ = forward(problem, x, mode.recorder(problem.cfg))
     return mode.backward(problem, x, ys, st.ints[ACCEPTED], st.ints[RESULT], rec, ct)

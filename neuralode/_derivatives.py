@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from ._adjoint import backward_from_scratch
-from ._forward import Primal, Problem, forward, sensitivity
+from ._forward import EventOut, Primal, Problem, forward, sensitivity
 from ._integrate import RESULT, STAT_NAMES, LoopState, stats_of, time_dtype
 from ._primitive import Rules, bind, fill_zeros, has_tangent, only_undefined, undefined
 from ._solution import RESULT_MESSAGES, Result
@@ -40,6 +40,12 @@ from ._solution import RESULT_MESSAGES, Result
 _THIRD_ORDER = (
     "neuralode.odeint: derivatives of third or higher order are not supported (first and "
     "second order are, in every mode and combination of forward and reverse mode)."
+)
+
+
+_EVENTS_SECOND_ORDER = (
+    "neuralode.odeint: second derivatives through a solve with events are not supported (the "
+    "event time's first derivative is exact, by the implicit function theorem)."
 )
 
 
@@ -64,11 +70,12 @@ def _x_struct(x: Primal):
 
 
 def _solve_impl(problem: Problem, x: Primal, record: bool):
-    ys, st, rec = forward(problem, x, _recorder(problem, record))
+    ys, st, rec, ev = forward(problem, x, _recorder(problem, record))
     result = st.ints[RESULT]
     if problem.cfg.throw:
-        ys = eqx.branched_error_if(ys, result != Result.successful, result, RESULT_MESSAGES)
-    return ys, stats_of(st), result, rec
+        failed = ~Result.succeeded(result)
+        ys = eqx.branched_error_if(ys, failed, result, RESULT_MESSAGES)
+    return ys, stats_of(st), result, rec, ev
 
 
 def _solve_abstract(problem: Problem, x: Primal, record: bool):
@@ -78,22 +85,28 @@ def _solve_abstract(problem: Problem, x: Primal, record: bool):
     stats = {name: scalar for name in STAT_NAMES}
     recorder = _recorder(problem, record)
     rec = None
+    y = jax.ShapeDtypeStruct(x.y0.shape, x.y0.dtype)
     if recorder is not None:
-        y = jax.ShapeDtypeStruct(x.y0.shape, x.y0.dtype)
         state = LoopState(y, y, None, jax.ShapeDtypeStruct((3,), time_dtype(x.y0.dtype)), None)
         rec = jax.eval_shape(lambda: recorder.init(state, problem.cfg.solver.dense_degree))
-    return _ys_struct(x), stats, scalar, rec
+    ev = None
+    if problem.has_events:
+        ev = EventOut(jax.ShapeDtypeStruct((), x.ts.dtype), y, scalar)
+    return _ys_struct(x), stats, scalar, rec, ev
 
 
 def _solve_jvp(primals, tangents):
     problem, x, record = primals
     xdot = tangents[1]
-    ys, stats, result, rec = bind(SOLVE, problem, x, True)
-    out = (ys, stats, result, rec if record else None)
+    ys, stats, result, rec, ev = bind(SOLVE, problem, x, True)
+    out = (ys, stats, result, rec if record else None, ev)
     if not has_tangent(xdot):
         return out, None
-    ys_dot = bind(SENS, problem, x, (ys, stats["num_accepted"], result, rec), xdot)
-    return out, (ys_dot, None, None, None)
+    dot = bind(SENS, problem, x, (ys, stats["num_accepted"], result, rec, ev), xdot)
+    if ev is None:
+        return out, (dot, None, None, None, None)
+    ys_dot, (t_dot, y_dot) = dot
+    return out, (ys_dot, None, None, None, EventOut(t_dot, y_dot, None))
 
 
 SOLVE = Rules("the solve", _solve_impl, _solve_abstract, _solve_jvp)
@@ -108,7 +121,10 @@ def _sens_impl(problem, x, res, xdot):
 
 
 def _sens_abstract(problem, x, res, xdot):
-    return _ys_struct(x)
+    if not problem.has_events:
+        return _ys_struct(x)
+    t = jax.ShapeDtypeStruct((), x.ts.dtype)
+    return _ys_struct(x), (t, jax.ShapeDtypeStruct(x.y0.shape, x.y0.dtype))
 
 
 def _sens_jvp(primals, tangents):
@@ -120,7 +136,10 @@ def _sens_jvp(primals, tangents):
         parts.append(bind(SENS, problem, x, res, dxdot))
     if has_tangent(dx):
         parts.append(bind(SENS2, problem, x, xdot, dx))
-    return out, (sum(parts[1:], parts[0]) if parts else None)
+    tangent = None
+    for part in parts:
+        tangent = part if tangent is None else jax.tree.map(jnp.add, tangent, part)
+    return out, tangent
 
 
 def _sens_transpose(ct, args):
@@ -139,8 +158,17 @@ SENS = Rules("the forward sensitivity", _sens_impl, _sens_abstract, _sens_jvp, _
 
 
 def _adj_impl(problem, x, res, ct):
-    ys, n_acc, result, rec = res
-    return problem.cfg.adjoint.backward(problem, x, ys, n_acc, result, rec, ct)
+    ys, n_acc, result, rec, ev = res
+    if ev is None:
+        ct_ys, ct_ev = ct, None
+    else:
+        ct_ys, ct_ev = ct if ct is not None else (None, None)
+        ct_t, ct_y = ct_ev if ct_ev is not None else (None, None)
+        ct_ev = (jnp.zeros((), x.ts.dtype) if ct_t is None else ct_t,
+                 jnp.zeros_like(x.y0) if ct_y is None else ct_y)
+    if ct_ys is None:
+        ct_ys = jnp.zeros_like(ys)
+    return problem.cfg.adjoint.backward(problem, x, ys, n_acc, result, rec, ct_ys, ev, ct_ev)
 
 
 def _adj_abstract(problem, x, res, ct):
@@ -183,6 +211,8 @@ ADJ = Rules("the adjoint", _adj_impl, _adj_abstract, _adj_jvp, _adj_transpose)
 
 
 def _hess_impl(problem, x, ct, u):
+    if problem.has_events:
+        raise NotImplementedError(_EVENTS_SECOND_ORDER)
     u = fill_zeros(u, x)
     _, out = jax.jvp(lambda xx: backward_from_scratch(problem, xx, ct), (x,), (u,))
     return Primal(out.y0, out.ts, out.params, jnp.zeros_like(x.probe))
@@ -216,6 +246,9 @@ HESS = Rules("the second derivative", _hess_impl, _hess_abstract, _hess_jvp, _he
 
 
 def _sens2_impl(problem, x, xdot, dx):
+    if problem.has_events:
+        raise NotImplementedError(_EVENTS_SECOND_ORDER)
+
     def sens(xx):
         return sensitivity(problem, xx, xdot)
 
@@ -244,8 +277,9 @@ SENS2 = Rules("the second forward derivative", _sens2_impl, _sens2_abstract, _se
 
 
 def solve(problem: Problem, x: Primal):
-    """``(ys, stats, result)`` of the adaptive solve, differentiable to second order."""
-    ys, stats, result, _ = bind(SOLVE, problem, x, False)
-    return ys, stats, result
+    """``(ys, stats, result, events)`` of the adaptive solve, differentiable to second order
+    (to first order with events)."""
+    ys, stats, result, _, ev = bind(SOLVE, problem, x, False)
+    return ys, stats, result, ev
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -20,9 +20,11 @@ from jax import lax
 from jaxtyping import Array, Float, PyTree
 
 from ._controller import PIController
+from ._event import ift_tangent
 from ._integrate import (
     NEXT,
     STAT_SLOTS,
+    Events,
     LoopConfig,
     LoopState,
     Outputs,
@@ -47,6 +49,8 @@ class SolveConfig:
     throw: bool
     has_dt0: bool
     adjoint: Any  # an AbstractAdjoint (typed loosely: _adjoint imports this module)
+    event_directions: tuple = ()  # per event: +1, -1 or 0 (both); () without events
+    event_terminal: tuple = ()
 
     @property
     def loop(self) -> LoopConfig:
@@ -58,17 +62,23 @@ class Problem(eqx.Module):
 
     Attributes:
         fn: ``fn(t, y, params, nondiff) -> dy/dt`` on flat arrays, in real time.
+        cond: ``cond(t, y, params, nondiff) -> (k,)``: the event functions, or ``None``.
         cfg: Static settings.
         nondiff: Arrays the field takes that are not differentiated (integers, masks).
         rtol, atol, dt0: Tolerances and first step (``dt0`` unused unless ``cfg.has_dt0``).
     """
 
     fn: Callable = eqx.field(static=True)
+    cond: Callable | None = eqx.field(static=True)
     cfg: SolveConfig = eqx.field(static=True)
     nondiff: PyTree
     rtol: Float[Array, ""]
     atol: Float[Array, ""]
     dt0: Float[Array, ""]
+
+    @property
+    def has_events(self) -> bool:
+        return self.cond is not None
 
 
 class Primal(eqx.Module):
@@ -97,12 +107,30 @@ def internal(problem: Problem, x: Primal):
     return sign, taus, g
 
 
+class EventOut(NamedTuple):
+    """The event outputs of a solve: real time (NaN if none), state, index (-1 if none)."""
+
+    time: Any
+    y: Any
+    index: Any
+
+
+def event_function(problem: Problem, x: Primal, params=None):
+    """``g(t, y, params) -> (k,)``: the event functions in real time."""
+
+    def g(t, y, p):
+        return problem.cond(t, y, p, problem.nondiff)
+
+    return g
+
+
 def forward(
     problem: Problem, x: Primal, recorder: Recorder | None = None
-) -> tuple[Array, LoopState, Any]:
-    """Solve from ``ts[0]`` to ``ts[-1]``: returns ``(ys, final loop state, record carry)``.
+) -> tuple[Array, LoopState, Any, EventOut | None]:
+    """Solve from ``ts[0]`` to ``ts[-1]`` (or a terminal event).
 
-    Outputs not reached (a failed solve) are NaN. No error is raised here.
+    Returns ``(ys, final loop state, record carry, events)``. Outputs not reached (a failed
+    solve, or after a terminal event) are NaN. No error is raised here.
     """
     cfg = problem.cfg
     sign, taus, g = internal(problem, x)
@@ -113,20 +141,41 @@ def forward(
     outputs = Outputs(taus)
     ys = outputs.init(x.y0)
     rec = None if recorder is None else recorder.init(st, cfg.solver.dense_degree)
+    events = ev = None
+    if problem.has_events:
+        cond = event_function(problem, x)
+        events = Events(
+            lambda tau, y: cond(sign * tau, y, x.params).astype(jnp.result_type(tau, y)),
+            cfg.event_directions,
+            cfg.event_terminal,
+        )
+        ev = events.init(st)
     if taus.shape[0] > 1:
-        st, ys, rec, _ = run(g, lcfg, st, taus[-1], problem.rtol, problem.atol,
-                             outputs=outputs, ys=ys, recorder=recorder, rec=rec,
-                             direction=sign)
-    return ys, st, rec
+        out = run(g, lcfg, st, taus[-1], problem.rtol, problem.atol, outputs=outputs, ys=ys,
+                  recorder=recorder, rec=rec, direction=sign, events=events, ev=ev)
+        st, ys, rec = out[:3]
+        if events is not None:
+            ev = out[4]
+    event_out = None
+    if ev is not None:
+        found = ev["found"]
+        event_out = EventOut(
+            time=jnp.where(found, sign * ev["tau"], jnp.nan).astype(x.ts.dtype),
+            y=ev["y"],
+            index=ev["index"],
+        )
+    return ys, st, rec, event_out
 
 
 def sensitivity(problem: Problem, x: Primal, xdot: Primal, with_stats: bool = False):
-    """The forward sensitivity ``d ys`` for the tangent ``xdot`` (``None`` leaves are zero).
+    """The forward sensitivity for the tangent ``xdot`` (``None`` leaves are zero).
 
-    The solve is differentiated in forward mode with its steps held fixed; the output times
-    enter through the exact identities ``d ys_i/d t_i = f(t_i, ys_i)`` (``i >= 1``) and
+    Returns ``d ys`` (and, with events, ``(d ys, (d event_time, d event_y))``). The solve is
+    differentiated in forward mode with its steps held fixed; the output times enter through
+    the exact identities ``d ys_i/d t_i = f(t_i, ys_i)`` (``i >= 1``) and
     ``d ys_i/d t_0 = -Φ_i f(t_0, y_0)`` (the flow's derivative applied to the start), so
-    neither depends on how the solver placed its steps.
+    neither depends on how the solver placed its steps. The event time and state follow from
+    the implicit function theorem (``neuralode._event``).
     """
     xdot = fill_zeros(xdot, x)
     ts = lax.stop_gradient(x.ts)
@@ -134,15 +183,41 @@ def sensitivity(problem: Problem, x: Primal, xdot: Primal, with_stats: bool = Fa
     start_dot = (xdot.y0 - field(problem, x, ts[0], x.y0) * dt0).astype(x.y0.dtype)
 
     def solve(y0, params):
-        _, st_out, _ = out = forward(problem, Primal(y0, ts, params, x.probe))
-        return out[0], st_out.ints[jnp.array(STAT_SLOTS[:NUM_STATS])]
+        ys, st_out, _, ev = forward(problem, Primal(y0, ts, params, x.probe))
+        ev_y = None if ev is None else ev.y
+        aux = (st_out.ints[jnp.array(STAT_SLOTS[:NUM_STATS])], ev)
+        return (ys, ev_y), aux
 
     # The outputs for the time terms come from this same solve, not from the residual `ys`:
     # then a caller that only wants tangents (jax.jacfwd) leaves the primal solve unused and
     # XLA drops it, so a Jacobian costs one solve plus the tangents.
-    ys_own, ys_dot, stats = jax.jvp(solve, (x.y0, x.params), (start_dot, xdot.params),
-                                    has_aux=True)
+    (ys_own, ev_y_own), (ys_dot, ev_y_dot), (stats, ev) = jax.jvp(
+        solve, (x.y0, x.params), (start_dot, xdot.params), has_aux=True
+    )
     ys = lax.stop_gradient(ys_own)
-    fs = jax.vmap(lambda t, y: field(problem, x, t, y))(ts, ys)
+    reached = jnp.isfinite(ys)
+    fs = jax.vmap(lambda t, y: field(problem, x, t, y))(ts, jnp.where(reached, ys, 0.0))
     ys_dot = (ys_dot + fs * xdot.ts[:, None]).astype(ys.dtype).at[0].set(xdot.y0)
-    return (ys_dot, stats) if with_stats else ys_dot
+    ys_dot = jnp.where(reached, ys_dot, 0.0)  # outputs not reached have no derivative
+    out = ys_dot
+    if ev is not None:
+        out = (ys_dot, _event_tangent(problem, x, ev, ev_y_dot, xdot))
+    return (out, stats) if with_stats else out
+
+
+def _event_tangent(problem: Problem, x: Primal, ev: EventOut, y_dot, xdot: Primal):
+    """``(d event_time, d event_y)`` from the tangent of the state at the fixed event time."""
+    found = ev.index >= 0
+    t_star = lax.stop_gradient(jnp.where(found, ev.time, x.ts[0]))
+    y_star = lax.stop_gradient(jnp.where(found, ev.y, x.y0))
+    f_star = field(problem, x, t_star, y_star)
+    cond = event_function(problem, x)
+    index = jnp.maximum(ev.index, 0)
+
+    def g_one(t, y, p):
+        return cond(t, y, p)[index]
+
+    t_dot, ev_dot = ift_tangent(g_one, t_star, y_star, f_star, y_dot, x.params, xdot.params)
+    t_dot = jnp.where(found, t_dot, 0.0).astype(x.ts.dtype)
+    ev_dot = jnp.where(found, ev_dot, 0.0).astype(y_dot.dtype)
+    return t_dot, ev_dot

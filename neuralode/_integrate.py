@@ -350,6 +350,71 @@ class Stops:
 
 
 # ---------------------------------------------------------------------------------------------
+# Events (forward solves)
+
+
+@dataclasses.dataclass(frozen=True)
+class Events:
+    """Event functions checked after every accepted step (see ``neuralode._event``).
+
+    ``cond(τ, y)`` returns the values of all event functions (a vector) at internal time
+    ``τ``; ``directions`` holds ``+1``/``-1``/``0`` per event and ``terminal`` whether it stops
+    the solve. The carry records the first event found: its internal time, index and state. A
+    terminal event overrides a non-terminal one found before it.
+    """
+
+    cond: Callable = dataclasses.field(compare=False)
+    directions: tuple
+    terminal: tuple
+
+    def init(self, st: LoopState):
+        tdtype = st.fs.dtype
+        return {
+            "g": lax.stop_gradient(self.cond(st.fs[T], st.y)),
+            "found": jnp.zeros((), bool),
+            "tau": jnp.full((), jnp.inf, tdtype),
+            "index": jnp.full((), -1, jnp.int32),
+            "y": jnp.full_like(st.y, jnp.nan),
+        }
+
+    def check(self, ev, g, cfg: LoopConfig, t, y, h, t1, y1, res, accepted, t_end, direction):
+        """``(ev, stop, tau_stop, y_stop, nfe)`` after an attempted step."""
+        from ._event import crossings, locate
+
+        # Where the events fire is a step-size-like decision: no derivative flows through it
+        # (the event time's derivative comes from the implicit function theorem instead).
+        g1 = lax.stop_gradient(self.cond(t1, y1))
+        cross = crossings(ev["g"], g1, self.directions) & accepted
+        coeffs, extra = cfg.solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
+
+        def interp(theta):
+            return eval_dense(y, coeffs, theta).astype(y.dtype)
+
+        def phi(theta):  # one θ per event: every event function at its own θ
+            vals = jax.vmap(lambda th: self.cond(t + th * h, interp(th)))(theta)
+            return lax.stop_gradient(jnp.diagonal(vals))
+
+        theta = lax.stop_gradient(locate(phi, ev["g"], g1, cross))
+        terminal = jnp.asarray(self.terminal)
+        theta_first = jnp.where(cross, theta, jnp.inf)
+        index = jnp.argmin(theta_first).astype(jnp.int32)
+        th = theta[index]
+        any_cross = jnp.any(cross)
+        tau = jnp.where(th >= 1.0, t1, t + th * h)
+        y_at = jnp.where(th >= 1.0, y1, interp(th))
+        stop = any_cross & terminal[index]
+        record = any_cross & (~ev["found"] | stop)
+        ev = {
+            "g": jnp.where(accepted, g1, ev["g"]),
+            "found": ev["found"] | any_cross,
+            "tau": jnp.where(record, tau, ev["tau"]),
+            "index": jnp.where(record, index, ev["index"]),
+            "y": jnp.where(record, y_at, ev["y"]),
+        }
+        return ev, stop, tau, y_at, jnp.where(accepted, extra, 0)
+
+
+# ---------------------------------------------------------------------------------------------
 # Quadrature nodes (the parameter adjoint of the continuous adjoints)
 
 
@@ -414,6 +479,8 @@ def run(
     node_buf=None,
     step_limit=None,
     direction=1.0,
+    events: Events | None = None,
+    ev=None,
 ):
     """Integrate from ``st`` to ``t_end`` (or until ``count_end`` steps are accepted).
 
@@ -435,10 +502,12 @@ def run(
             this; default ``max_steps`` more than at the start.
         direction: ``±1`` (a runtime scalar): the sign relating real and internal time, which
             the solver applies to its state combinations (never to the field's values).
+        events, ev: Event functions and their carry (:meth:`Events.init`); a terminal event
+            ends the loop with ``Result.event``, outputs after it unwritten.
 
     Returns:
-        ``(state, ys, rec, node_buf)``; a loop that ran out of steps has
-        ``Result.max_steps_reached``.
+        ``(state, ys, rec, node_buf)`` (and ``ev`` last, with events); a loop that ran out of
+        steps has ``Result.max_steps_reached``.
     """
     solver, ctrl = cfg.solver, cfg.controller
     dtmin, dtmax = dtmin_value(ctrl), dtmax_value(ctrl)
@@ -456,7 +525,7 @@ def run(
         return LoopState(y, f, q, jnp.stack([t, h, prev]), ints)
 
     def cond(carry):
-        (_, _, _, t, _, _, ints), _, _, node_buf = carry
+        (_, _, _, t, _, _, ints), _, _, node_buf, _ = carry
         go = (t < t_end) & (ints[STEPS] < limit) & (ints[RESULT] == Result.successful)
         if count_end is not None:
             go = go & (ints[ACCEPTED] < count_end)
@@ -465,7 +534,7 @@ def run(
         return go
 
     def body(carry):
-        state, ys, rec, node_buf = carry
+        state, ys, rec, node_buf, ev = carry
         st = unpack(*state)
         _, _, _, t, h, prev, _ = state
         rej_last = st.ints[REJ_LAST] != 0
@@ -489,10 +558,18 @@ def run(
         if res.ok is not None:
             accepted = accepted & res.ok
         nfe = jnp.asarray(res.nfe, jnp.int32)
+        t_out, y_out = t1, res.y1
+        if events is not None:
+            ev, stop, tau_ev, y_ev, extra = events.check(
+                ev, g, cfg, t, st.y, h_eff, t1, res.y1, res, accepted, t_end, direction
+            )
+            nfe = nfe + extra
+            t_out = jnp.where(stop, tau_ev, t1)  # outputs only up to a terminal event
+            y_out = jnp.where(stop, y_ev, res.y1)
 
         if outputs is not None:
             ys, i_out, extra = outputs.write(
-                g, cfg, ys, st.ints[NEXT], t, st.y, h_eff, t1, res.y1, res, accepted, t_end,
+                g, cfg, ys, st.ints[NEXT], t, st.y, h_eff, t_out, y_out, res, accepted, t_end,
                 direction,
             )
             nfe = nfe + extra
@@ -526,6 +603,9 @@ def run(
             jnp.where(saw_nonfinite, Result.nonfinite, Result.dt_min_reached),
             st.ints[RESULT],
         )
+        if events is not None:
+            result = jnp.where(stop, Result.event, result)
+            t_new = jnp.where(stop, tau_ev, t_new)
 
         y_new = jnp.where(accepted, res.y1, st.y)
         f_new = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), res.f1, st.f)
@@ -564,15 +644,19 @@ def run(
         tdt = st.fs.dtype
         prev_new = jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev).astype(tdt)
         state = (y_new, f_new, q_new, t_new.astype(tdt), h_new.astype(tdt), prev_new, ints)
-        return state, ys, rec, node_buf
+        return state, ys, rec, node_buf, ev
 
-    state, ys, rec, node_buf = lax.while_loop(cond, body, (pack(st), ys, rec, node_buf))
+    state, ys, rec, node_buf, ev = lax.while_loop(
+        cond, body, (pack(st), ys, rec, node_buf, ev)
+    )
     st = unpack(*state)
     ran_out = (st.ints[RESULT] == Result.successful) & (st.fs[T] < t_end)
     ran_out = ran_out & (st.ints[STEPS] >= limit)
     st = st._replace(ints=st.ints.at[RESULT].set(
         jnp.where(ran_out, Result.max_steps_reached, st.ints[RESULT]).astype(jnp.int32)
     ))
+    if events is not None:
+        return st, ys, rec, node_buf, ev
     return st, ys, rec, node_buf
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import equinox as eqx
 import jax
@@ -24,6 +24,7 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 from ._adjoint import AbstractAdjoint, CheckpointAdjoint
 from ._controller import PIController
 from ._derivatives import solve
+from ._event import Event
 from ._forward import NUM_STATS, Primal, Problem, SolveConfig
 from ._integrate import fixed_substeps, integrate_fixed, time_dtype
 from ._solution import RESULT_MESSAGES, Result, Solution
@@ -252,32 +253,80 @@ class _Static:
     captured: tuple = ()  # identities of the arrays f captures (see _fingerprint)
 
 
-def _flat_field(f, y0, ts, args):
-    """``(fn, diff, nondiff, unravel)``: the field on flat arrays and its array inputs.
+def _flat_field(f, y0, ts, args, events=()):
+    """``(fn, cond, y_flat, diff, nondiff, unravel)``: the field (and the event functions) on
+    flat arrays, and their array inputs.
 
-    The array leaves of ``f`` (an ``eqx.Module``), of ``args`` and the arrays ``f`` closes over
-    that an outer transformation traces become explicit inputs: floating ones are
-    differentiated (``diff``), the others (integer arrays) are not (``nondiff``). All other
-    leaves (functions, strings, Python numbers, ``None``) are compiled in.
+    The array leaves of ``f`` (an ``eqx.Module``), of ``args``, of the events' ``cond_fn`` and
+    the arrays they close over that an outer transformation traces become explicit inputs:
+    floating ones are differentiated (``diff``), the others (integer arrays) are not
+    (``nondiff``). All other leaves (functions, strings, Python numbers, ``None``) are compiled
+    in. ``cond`` is ``None`` without events.
     """
     y_flat, unravel = ravel_pytree(y0)
     dtype = y_flat.dtype
+    t0 = ts[0].astype(dtype)
     f_dyn, f_static = eqx.partition(f, eqx.is_array)
     a_dyn, a_static = eqx.partition(args, eqx.is_array)
+    e_dyn, e_static = eqx.partition(tuple(ev.cond_fn for ev in events), eqx.is_array)
 
     def fn_tree(t, y, f_dyn, a_dyn):
         return eqx.combine(f_dyn, f_static)(t, y, eqx.combine(a_dyn, a_static))
 
-    converted, consts = jax.closure_convert(fn_tree, ts[0].astype(dtype), y0, f_dyn, a_dyn)
-    diff, nondiff = eqx.partition((f_dyn, a_dyn, tuple(consts)), eqx.is_inexact_array)
+    def cond_tree(t, y, e_dyn, a_dyn):
+        conds = eqx.combine(e_dyn, e_static)
+        a = eqx.combine(a_dyn, a_static)
+        return jnp.stack([jnp.asarray(c(t, y, a)).astype(dtype) for c in conds])
+
+    converted, consts = jax.closure_convert(fn_tree, t0, y0, f_dyn, a_dyn)
+    cond_conv, cond_consts = (None, ())
+    if events:
+        cond_conv, cond_consts = jax.closure_convert(cond_tree, t0, y0, e_dyn, a_dyn)
+    diff, nondiff = eqx.partition(
+        (f_dyn, a_dyn, tuple(consts), e_dyn, tuple(cond_consts)), eqx.is_inexact_array
+    )
 
     def fn(t, y, diff, nondiff):
         # f sees time in the state's dtype (integration keeps its own time in >= float32).
-        fd, ad, c = eqx.combine(diff, nondiff)
+        fd, ad, c, _, _ = eqx.combine(diff, nondiff)
         out = converted(jnp.asarray(t).astype(dtype), unravel(y), fd, ad, *c)
         return ravel_pytree(out)[0].astype(dtype)
 
-    return fn, y_flat, diff, nondiff, unravel
+    def cond(t, y, diff, nondiff):
+        _, ad, _, ed, cc = eqx.combine(diff, nondiff)
+        return cond_conv(jnp.asarray(t).astype(dtype), unravel(y), ed, ad, *cc)
+
+    return fn, (cond if events else None), y_flat, diff, nondiff, unravel
+
+
+def _as_events(event) -> tuple[Event, ...]:
+    if event is None:
+        return ()
+    events = (event,) if isinstance(event, Event) else event
+    if not isinstance(events, tuple | list) or not events or not all(
+        isinstance(ev, Event) for ev in events
+    ):
+        raise TypeError(
+            "odeint: `event` must be an nde.Event or a non-empty tuple of them, got "
+            f"{_describe(event, 'event')}."
+        )
+    return tuple(events)
+
+
+def _check_events(events, t0, y0, args):
+    for i, ev in enumerate(events):
+        try:
+            out = eqx.filter_eval_shape(ev.cond_fn, t0, y0, args)
+        except Exception as err:
+            err.add_note(f"(raised by neuralode.odeint while calling event {i}'s "
+                         "cond_fn(t, y0, args) to check it)")
+            raise
+        if not (isinstance(out, jax.ShapeDtypeStruct) and out.shape == ()
+                and jnp.issubdtype(out.dtype, jnp.floating)):
+            raise ValueError(
+                f"odeint: event {i}'s `cond_fn(t, y, args)` must return a floating scalar, got "
+                f"{out}."
+            )
 
 
 # Eager calls reuse compiled programs; the cache is bounded: every compiled program pins
@@ -298,9 +347,11 @@ def _compiled():
     return _EagerCache.compiled
 
 
-def _odeint_compiled(f, y0, ts, args, rtol, atol, dt0, probe, static: _Static):
+def _odeint_compiled(f, y0, ts, args, rtol, atol, dt0, probe, events, static: _Static):
     _EagerCache.traces += 1  # runs once per trace (compilation), not per call
-    _check_f_output(f, ts[0].astype(jnp.result_type(*jax.tree.leaves(y0))), y0, args)
+    t0 = ts[0].astype(jnp.result_type(*jax.tree.leaves(y0)))
+    _check_f_output(f, t0, y0, args)
+    _check_events(events, t0, y0, args)
     if static.check_ts:
         d = jnp.diff(ts)
         bad = ~(jnp.all(d > 0) | jnp.all(d < 0)) | ~jnp.all(jnp.isfinite(ts))
@@ -311,12 +362,20 @@ def _odeint_compiled(f, y0, ts, args, rtol, atol, dt0, probe, static: _Static):
             "odeint: `rtol` and `atol` must be positive; a traced value was zero, negative or "
             "NaN.",
         )
-    fn, y_flat, diff, nondiff, unravel = _flat_field(f, y0, ts, args)
+    fn, cond, y_flat, diff, nondiff, unravel = _flat_field(f, y0, ts, args, events)
+    event_out = {}
     if static.solver.adaptive:
-        cfg = SolveConfig(static.solver, static.controller, static.max_steps, static.throw,
-                          static.has_dt0, static.adjoint)
-        problem = Problem(fn, cfg, nondiff, rtol, atol, dt0)
-        ys_flat, stats, result = solve(problem, Primal(y_flat, ts, diff, probe))
+        cfg = SolveConfig(
+            static.solver, static.controller, static.max_steps, static.throw, static.has_dt0,
+            static.adjoint,
+            event_directions=tuple(0 if ev.direction is None else ev.direction for ev in events),
+            event_terminal=tuple(ev.terminal for ev in events),
+        )
+        problem = Problem(fn, cond, cfg, nondiff, rtol, atol, dt0)
+        ys_flat, stats, result, ev = solve(problem, Primal(y_flat, ts, diff, probe))
+        if ev is not None:
+            event_out = {"event_time": ev.time, "event_y": unravel(ev.y),
+                         "event_index": ev.index}
     else:
         ys_flat, nfe = integrate_fixed(
             lambda t, y, p: fn(t, y, *p), y_flat, ts, (diff, nondiff),
@@ -333,7 +392,7 @@ def _odeint_compiled(f, y0, ts, args, rtol, atol, dt0, probe, static: _Static):
                 ys_flat, jax.lax.stop_gradient(~finite), RESULT_MESSAGES[Result.nonfinite]
             )
     ys = jax.vmap(unravel)(ys_flat)
-    return Solution(ts=ts, ys=ys, stats=stats, result=result)
+    return Solution(ts=ts, ys=ys, stats=stats, result=result, **event_out)
 
 
 def odeint(
@@ -351,6 +410,7 @@ def odeint(
     adjoint: AbstractAdjoint = _DEFAULT_ADJOINT,
     throw: bool = True,
     stats_probe: Float[Array, "4"] | None = None,
+    event: Event | Sequence[Event] | None = None,
 ) -> Solution:
     """Solve the initial value problem ``dy/dt = f(t, y, args)``, ``y(ts[0]) = y0``.
 
@@ -392,9 +452,14 @@ def odeint(
         stats_probe: Optional float array of shape ``(4,)`` (zeros). The gradient with
             respect to it is the backward solve's ``[num_steps, num_accepted, num_rejected,
             nfe]``, which makes NFE-B available under ``jit`` without side effects.
+        event: An :class:`Event` or a tuple of them (adaptive solvers): the solve stops where
+            an event function crosses zero (``terminal=True``), located on the dense output;
+            ``sol.event_time``, ``sol.event_y`` and ``sol.event_index`` say when, where and
+            which, and are differentiable (implicit function theorem) in every gradient mode.
 
     Returns:
-        A :class:`Solution` with ``ts``, ``ys``, ``stats`` and ``result``.
+        A :class:`Solution` with ``ts``, ``ys``, ``stats`` and ``result`` (and the event
+        fields with ``event=``).
 
     Example:
         ```python
@@ -432,6 +497,12 @@ def odeint(
         raise TypeError(f"odeint: `throw` must be True or False, got {throw!r}.")
     if not callable(f):
         raise TypeError(f"odeint: `f` must be callable as f(t, y, args), got {type(f).__name__}.")
+    events = _as_events(event)
+    if events and not solver.adaptive:
+        raise ValueError(
+            f"odeint: `event` needs an adaptive solver (events are located on the dense "
+            f"output), got {solver!r}."
+        )
 
     y0 = _prepare_y0(y0)
     state_dtype = jnp.result_type(*jax.tree.leaves(y0))
@@ -493,4 +564,4 @@ def odeint(
         check_ts=check_ts,
         captured=_fingerprint(f),
     )
-    return _compiled()(f, y0, ts, args, rtol, atol, dt0_arr, probe, static)
+    return _compiled()(f, y0, ts, args, rtol, atol, dt0_arr, probe, events, static)

@@ -13,8 +13,9 @@ from jaxtyping import Array, Int, PyTree, Shaped
 class Result(enum.IntEnum):
     """Outcome of a solve, stored in :attr:`Solution.result` as an integer array.
 
-    Compare with ``sol.result == nde.Result.successful``; :meth:`message` turns a code into a
-    sentence that says what happened and what to try.
+    ``successful`` and ``event`` (a terminal event ended the solve) are successes; every other
+    code is a failure. Test with ``sol.successful`` (or ``nde.Result.succeeded(code)``);
+    :meth:`message` turns a code into a sentence that says what happened and what to try.
     """
 
     successful = 0
@@ -22,6 +23,7 @@ class Result(enum.IntEnum):
     dt_min_reached = 2
     nonfinite = 3
     drift = 4
+    event = 5
 
     def message(self) -> str:
         return _MESSAGES[self]
@@ -30,6 +32,12 @@ class Result(enum.IntEnum):
     def describe(cls, code: Any) -> str:
         """Human-readable message for an integer code (a Python int or a 0-d array)."""
         return cls(int(code)).message()
+
+    @staticmethod
+    def succeeded(code: Any) -> Any:
+        """Boolean (array): whether ``code`` is a success (``successful`` or ``event``)."""
+        code = jnp.asarray(code)
+        return (code == Result.successful) | (code == Result.event)
 
 
 _MESSAGES = {
@@ -57,6 +65,7 @@ _MESSAGES = {
         "`adjoint=nde.CheckpointAdjoint()` or `nde.InterpolatedAdjoint()`, add intermediate "
         "output times (each one restarts the reconstruction), or tighten rtol/atol."
     ),
+    Result.event: "A terminal event ended the solve (see `event_time`, `event_y`).",
 }
 
 RESULT_MESSAGES: tuple[str, ...] = tuple(_MESSAGES[r] for r in Result)
@@ -76,14 +85,23 @@ class Solution(eqx.Module):
             explicit solvers).
         result: Integer :class:`Result` code. With ``throw=False`` check it; under ``vmap`` it
             has one entry per sample.
+        event_time: With ``event=``: the time of the first event (of the terminating one if a
+            terminal event fired), NaN if none happened. Differentiable. ``None`` without
+            events.
+        event_y: The state at ``event_time`` (the pytree of ``y0``; NaN if no event).
+            Differentiable. ``None`` without events.
+        event_index: Which event of a tuple fired (``-1``: none). ``None`` without events.
     """
 
     ts: Shaped[Array, " times"]
     ys: PyTree[Shaped[Array, "times ..."]]
     stats: dict[str, Int[Array, ""]]
     result: Int[Array, ""]
+    event_time: Shaped[Array, ""] | None = None
+    event_y: PyTree[Shaped[Array, "..."]] | None = None
+    event_index: Int[Array, ""] | None = None
 
     @property
     def successful(self) -> Any:
-        """Boolean array: ``result == Result.successful``."""
-        return jnp.asarray(self.result) == Result.successful
+        """Boolean array: the solve succeeded (reached the end, or a terminal event)."""
+        return Result.succeeded(self.result)
