@@ -136,11 +136,15 @@ def _check_resolution(rtol: float, dtype) -> None:
     eps = float(jnp.finfo(dtype).eps)
     if rtol < eps:
         sensible = float(f"{10 * eps:.0e}")
+        name = jnp.dtype(dtype).name
+        wider = (
+            "float64 states (jax.config.update('jax_enable_x64', True) and "
+            "y0.astype(jnp.float64))" if name == "float32" else "y0.astype(jnp.float32)"
+        )
         raise ValueError(
-            f"odeint: `rtol`={rtol:g} is below the resolution of the state's dtype "
-            f"{jnp.dtype(dtype).name} (machine epsilon {eps:.1e}), so no step could meet it. "
-            f"Use rtol >= {sensible:g} with {jnp.dtype(dtype).name} states, or a wider dtype "
-            "(e.g. y0.astype(jnp.float32))."
+            f"odeint: `rtol`={rtol:g} is below the resolution of the state's dtype {name} "
+            f"(machine epsilon {eps:.1e}), so no step could meet it. Use rtol >= {sensible:g} "
+            f"with {name} states, or {wider}."
         )
 
 

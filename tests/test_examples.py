@@ -37,5 +37,16 @@ def test_backward_nfe_example(capsys):
     assert all(n > 0 for n in nfe_b)
 
 
+def test_bouncing_ball_example_fits_the_restitution(capsys):
+    out = _load("bouncing_ball").main(["--bounces", "3", "--steps", "40"])
+    assert abs(out["e"] - 0.8) < 0.02, out
+    assert "fitted e" in capsys.readouterr().out
+
+
+def test_neural_event_example_learns_the_boundary():
+    out = _load("neural_event").main(["--steps", "60", "--trajectories", "8"])
+    assert out["final_mse"] < 0.2 * out["initial_mse"], out
+
+
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
