@@ -31,6 +31,7 @@ EXPECTED = [
     "03_cnf_two_moons",
     "04_latent_ode_spirals",
     "05_odenet_mnist",
+    "06_events",
 ]
 SMOKE_VAR = "NEURALODE_NOTEBOOK_SMOKE"
 CELL_TIMEOUT_S = 300
