@@ -31,7 +31,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._adjoint import backward_from_scratch
+from ._backward import backward_from_scratch
 from ._forward import EventOut, Primal, Problem, forward, sensitivity
 from ._integrate import RESULT, STAT_NAMES, LoopState, stats_of, time_dtype
 from ._primitive import Rules, bind, fill_zeros, has_tangent, only_undefined, undefined

@@ -17,6 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Float, PyTree
 
 from ._controller import PIController
@@ -34,6 +35,7 @@ from ._integrate import (
     start,
 )
 from ._primitive import fill_zeros
+from ._solution import Result
 from ._solvers import AbstractAdaptiveSolver
 
 NUM_STATS = 4  # the statistics probe: [num_steps, num_accepted, num_rejected, nfe]
@@ -221,3 +223,21 @@ def _event_tangent(problem: Problem, x: Primal, ev: EventOut, y_dot, xdot: Prima
     t_dot = jnp.where(found, t_dot, 0.0).astype(x.ts.dtype)
     ev_dot = jnp.where(found, ev_dot, 0.0).astype(y_dot.dtype)
     return t_dot, ev_dot
+
+
+def reverse_by_jacobian(problem: Problem, x: Primal, fwd_result, ct, ct_ev=None):
+    """``J^T ct`` with ``J`` materialised column by column from forward sensitivities."""
+    diff = Primal(x.y0, x.ts, x.params, jnp.zeros_like(x.probe))
+    flat, unravel = ravel_pytree(diff)
+    basis = jnp.eye(flat.shape[0], dtype=flat.dtype)
+    jac, stats = jax.vmap(lambda e: sensitivity(problem, x, unravel(e), with_stats=True))(basis)
+    if ct_ev is None:
+        jac, cts = (jac,), (ct,)
+    else:
+        jac_ys, (jac_t, jac_y) = jac
+        jac, cts = (jac_ys, jac_t, jac_y), (ct, ct_ev[0], ct_ev[1])
+    g = sum(jnp.tensordot(j, jnp.nan_to_num(c), axes=c.ndim).astype(flat.dtype)
+            for j, c in zip(jac, cts, strict=True))
+    # A failed forward solve contributes nothing (see finish).
+    g = unravel(jnp.where(Result.succeeded(fwd_result), g, 0.0))
+    return Primal(g.y0, g.ts, g.params, stats[0].astype(x.probe.dtype))
