@@ -241,8 +241,9 @@ class ConcatConv2d(eqx.Module):
     ``eqx.nn.Conv2d`` of ``in_channels + 1`` input channels) and agree to rounding. Inside an
     ODE solve on a CPU the matrix product is the fast one: XLA:CPU keeps its fast convolution
     kernels only outside loops, and inside the solver's ``while_loop`` a convolution and its
-    VJP run several times slower (``docs/architecture.md`` has the measurement). On GPUs both
-    are fast.
+    VJP run several times slower (``docs/architecture.md`` has the measurement). On a GPU,
+    where convolutions are library kernels, ``im2col=False`` may be the faster choice (not
+    measured here).
 
     Args:
         in_channels: Channels of ``x`` (without the time channel).
