@@ -43,6 +43,9 @@ class RNNBaseline(eqx.Module):
 
     Example:
         ```python
+        import jax, jax.numpy as jnp
+        from neuralode.nn import RNNBaseline
+
         rnn = RNNBaseline(2, key=jax.random.key(0))
         ts = jnp.linspace(0.0, 1.0, 20)
         xs = jnp.stack([jnp.cos(ts), jnp.sin(ts)], -1)
@@ -134,8 +137,14 @@ def rnn_baseline_loss(model: RNNBaseline, values: BatchValues, times: BatchTimes
 
     Example:
         ```python
+        import equinox as eqx, jax, jax.numpy as jnp
+        from neuralode.nn import RNNBaseline, rnn_baseline_loss
+
+        rnn = RNNBaseline(2, key=jax.random.key(0))
+        times = jnp.linspace(0.0, 1.0, 10)
+        values = jnp.stack([jnp.cos(times), jnp.sin(times)], -1)[None]  # a batch of one
         loss, grads = eqx.filter_jit(eqx.filter_value_and_grad(rnn_baseline_loss))(
-            rnn, values, times, mask)
+            rnn, values, times, None)
         ```
     """
     check_instance("rnn_baseline_loss", "model", model, RNNBaseline, "a neuralode.nn.RNNBaseline")

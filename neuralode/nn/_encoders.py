@@ -60,6 +60,9 @@ class RNNEncoder(eqx.Module):
 
     Example:
         ```python
+        import jax, jax.numpy as jnp
+        from neuralode.nn import RNNEncoder
+
         enc = RNNEncoder(2, 4, key=jax.random.key(0))
         mean, logvar = enc(jnp.zeros((10, 2)), jnp.linspace(0.0, 1.0, 10), None)
         mean.shape  # (4,)
@@ -134,6 +137,9 @@ class ODERNNEncoder(SolvingModule):
 
     Example:
         ```python
+        import jax, jax.numpy as jnp
+        from neuralode.nn import ODERNNEncoder
+
         enc = ODERNNEncoder(2, 4, key=jax.random.key(0))
         mean, logvar = enc(jnp.zeros((10, 2)), jnp.linspace(0.0, 1.0, 10), None)
         ```

@@ -82,6 +82,10 @@ class LatentODE(SolvingModule):
 
     Example:
         ```python
+        import equinox as eqx
+        import jax, jax.numpy as jnp
+        from neuralode.nn import LatentODE, latent_ode_loss
+
         model = LatentODE(2, 4, key=jax.random.key(0))
         ts = jnp.linspace(0.0, 1.0, 20)
         xs = jnp.stack([jnp.cos(ts), jnp.sin(ts)], -1)
@@ -293,12 +297,23 @@ def latent_ode_loss(model: LatentODE, key: PRNGKeyArray, values: BatchValues, ti
 
     Example:
         ```python
+        import equinox as eqx, jax, jax.numpy as jnp, optax
+        from neuralode.nn import LatentODE, SolveOptions, latent_ode_loss
+
+        model = LatentODE(2, 4, solve=SolveOptions(rtol=1e-3, atol=1e-4), key=jax.random.key(0))
+        optim = optax.adam(1e-2)
+        opt_state = optim.init(eqx.filter(model, eqx.is_array))
+
         @eqx.filter_jit
         def step(model, opt_state, key, values, times, mask):
             (loss, aux), grads = eqx.filter_value_and_grad(latent_ode_loss, has_aux=True)(
                 model, key, values, times, mask)
             updates, opt_state = optim.update(grads, opt_state, eqx.filter(model, eqx.is_array))
             return eqx.apply_updates(model, updates), opt_state, loss
+
+        times = jnp.linspace(0.0, 1.0, 10)
+        values = jnp.stack([jnp.cos(times), jnp.sin(times)], -1)[None]  # a batch of one
+        model, opt_state, loss = step(model, opt_state, jax.random.key(1), values, times, None)
         ```
     """
     who = "latent_ode_loss"

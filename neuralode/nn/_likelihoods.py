@@ -34,6 +34,9 @@ def diagonal_gaussian_kl(
 
     Example:
         ```python
+        import jax, jax.numpy as jnp
+        from neuralode.nn import diagonal_gaussian_kl
+
         diagonal_gaussian_kl(jnp.zeros(4), jnp.zeros(4))  # 0.0
         ```
     """
@@ -47,6 +50,9 @@ def gaussian_log_likelihood(values: Values, pred: Values, mask: Mask,
 
     Example:
         ```python
+        import jax, jax.numpy as jnp
+        from neuralode.nn import gaussian_log_likelihood
+
         gaussian_log_likelihood(jnp.zeros((3, 2)), jnp.zeros((3, 2)), None, 1.0)
         # -3 * log(2π)
         ```
@@ -88,6 +94,9 @@ class PoissonProcessLikelihood(eqx.Module):
 
     Example:
         ```python
+        import jax, jax.numpy as jnp
+        from neuralode.nn import PoissonProcessLikelihood
+
         proc = PoissonProcessLikelihood(4, key=jax.random.key(0))
         proc.rate(jnp.zeros(4)) > 0  # True
         ```
@@ -181,6 +190,9 @@ def poisson_process_log_likelihood(
 
     Example:
         ```python
+        import jax, jax.numpy as jnp
+        from neuralode.nn import PoissonProcessLikelihood, poisson_process_log_likelihood
+
         proc = PoissonProcessLikelihood(2, key=jax.random.key(0))
         ll, zs = poisson_process_log_likelihood(
             lambda t, z, args: -z, proc, jnp.ones(2), jnp.linspace(0.0, 1.0, 5)
