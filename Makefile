@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 ## on irregular spirals, `small` preset (about 10 minutes on 2 CPU cores; writes
 ## runs/spirals-small/, resumes if interrupted and rerun)
 demo: $(STAMP)
-	$(PY) experiments/spirals.py --preset small --out runs/spirals-small
+	$(PY) -m experiments.spirals --preset small --out runs/spirals-small
 
 ## test: set up .venv and run the test suite (slow tests excluded) plus ruff
 test: $(STAMP)

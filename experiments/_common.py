@@ -1,32 +1,30 @@
 """Helpers shared by the experiment scripts of ``experiments/`` (private, not library API).
 
 Run folders and their files (atomic JSON/JSONL writes, tolerant reads, starting over with
-``--fresh``, cached evaluation records, training time from a Trainer's ``metrics.jsonl``),
-machine information, command-line boilerplate, matplotlib setup and figure saving, and the CNF
-helpers that ``density_matching.py`` and ``max_likelihood.py`` share. Whether a sub-run may be
-resumed (same seed, same settings) is checked by ``neuralode.training.Trainer.restore`` itself,
-for every script alike.
+``--fresh``, cached evaluation records, training time from a Trainer's ``metrics.jsonl``), the
+command line every script shares (``--preset``, ``--out``, ``--seed``, ``--no-progress``,
+``--fresh`` and ``--set key=value``, typed by the preset: see :func:`resolve_config`),
+matplotlib setup and figure saving, and the training helpers several scripts share. Whether a
+sub-run may be resumed (same seed, same settings) is checked by
+``neuralode.training.Trainer.restore`` itself, for every script alike. Machine information and
+table formatting live in ``experiments/_report.py``.
 
-Scripts use it as ``from experiments import _common as C``, both when imported as
-``experiments.<name>`` and when run as ``python experiments/<name>.py`` or loaded from their
-file (they then put the repository root on ``sys.path`` first). Only the standard library is
-imported at module level, so that ``reproduce.py`` stays importable without JAX; the functions
-that need JAX, NumPy, Equinox, Optax, matplotlib or ``neuralode`` import them when called.
+Scripts use it as ``from experiments import _common as C`` (they run as ``python -m
+experiments.<name>`` from the repository root). Only the standard library is imported at module
+level, so that ``reproduce.py`` stays importable without JAX; the functions that need JAX,
+NumPy, Equinox, Optax, matplotlib or ``neuralode`` import them when called.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
-import platform
 import time
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import neuralode as nde
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 # ---------------------------------------------------------------------------------------------
 # Files
@@ -203,12 +201,13 @@ def train_time(metrics_path: pathlib.Path, upto_step: int | None = None) -> floa
 
 
 def cached_eval(
-    path: pathlib.Path, step: int, settings: Any, *needs: pathlib.Path
+    run_dir: pathlib.Path, step: int, settings: Any, *needs: pathlib.Path
 ) -> dict[str, Any] | None:
     """The evaluation record a previous invocation stored for the same model, if still valid.
 
     Args:
-        path: The sub-run's ``eval.json`` (a record with ``step`` and ``settings``).
+        run_dir: The sub-run's folder; the record is its ``eval.json`` (with ``step`` and
+            ``settings``), written by :func:`store_eval`.
         step: The training step of the model now at hand.
         settings: The evaluation settings now in force.
         *needs: Files written with the record (e.g. arrays for the plots) that must exist.
@@ -217,19 +216,14 @@ def cached_eval(
         The stored record if it was made at ``step`` with ``settings`` and every file in
         ``needs`` exists, else ``None`` (evaluate again).
     """
-    cached = json.loads(path.read_text()) if path.is_file() else {}
+    cached = read_json(run_dir / "eval.json", {})
     valid = cached.get("step") == step and cached.get("settings") == settings
     return cached if valid and all(p.is_file() for p in needs) else None
 
 
-def write_summary(
-    out: pathlib.Path, experiment: str, summary: Mapping[str, Any], table: str, plots: Iterable[str]
-) -> None:
-    """Write ``out/summary.json``, print the results table and where everything went."""
-    write_json(out / "summary.json", summary)
-    print(table)
-    print(f"[{experiment}] wrote {out / 'summary.json'}, {out / 'table.md'}, "
-          + ", ".join(str(out / p) for p in plots))
+def store_eval(run_dir: pathlib.Path, record: Mapping[str, Any]) -> None:
+    """Store a sub-run's evaluation record (``eval.json``; see :func:`cached_eval`)."""
+    write_json(run_dir / "eval.json", record)
 
 
 def write_combined_metrics(
@@ -253,136 +247,259 @@ def write_combined_metrics(
 
 
 # ---------------------------------------------------------------------------------------------
-# Machine
-# ---------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> tuple[float, float, float] | None:
-    """The 1, 5 and 15 minute load averages, or ``None`` where the platform has none."""
-    try:
-        return os.getloadavg()
-    except (AttributeError, OSError):
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU count and model, load average, platform and library versions, JAX backend and
-    devices (initialises the JAX backend)."""
-    import jax
-
-    import neuralode as nde
-
-    load = load_average()
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "loadavg": None if load is None else [round(x, 2) for x in load],
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jax_backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "neuralode": getattr(nde, "__version__", "unknown"),
-    }
-
-
-def runtime_info(*, device: bool = False) -> dict[str, Any]:
-    """The JAX version, backend and CPU count that a run folder's ``config.json`` records.
-
-    Args:
-        device: Also record the first JAX device (as ``"device"``, before ``"cpu_count"``).
-
-    Returns:
-        ``{"jax_version", "backend", ["device",] "cpu_count"}``.
-    """
-    import jax
-
-    info: dict[str, Any] = {"jax_version": jax.__version__, "backend": jax.default_backend()}
-    if device:
-        info["device"] = str(jax.devices()[0])
-    info["cpu_count"] = os.cpu_count()
-    return info
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------
 
 
-def experiment_parser(
-    description: str,
-    presets: Iterable[str],
-    experiment: str,
-    *,
-    progress_help: str = "hide the tqdm bars",
-) -> argparse.ArgumentParser:
-    """An argument parser with the options every experiment script has.
+@dataclasses.dataclass(frozen=True)
+class Script:
+    """The command line and configuration of one experiment script.
 
-    ``--preset`` (default ``small``), ``--out`` (default ``runs/<experiment>-<preset>``),
-    ``--seed`` (default 0), ``--no-progress`` and ``--fresh``; scripts add their own options
-    to it.
+    Every script has the same options: ``--preset`` (default ``small``), ``--out`` (default
+    ``runs/<name>-<preset>``), ``--seed`` (default 0), ``--no-progress``, ``--fresh`` (start
+    over, moving an existing run folder aside: :func:`start_fresh`; without it a script resumes
+    what its run folder holds and refuses to resume a model trained with other settings) and
+    ``--set KEY=VALUE`` (repeatable: override an entry of the preset, see
+    :func:`resolve_config`).
 
     Args:
-        description: The parser's description (the script docstring's first line).
-        presets: The preset names ``--preset`` accepts.
-        experiment: The experiment's name, for the help text of ``--out``.
-        progress_help: The help text of ``--no-progress``.
-
-    Returns:
-        The parser.
+        name: The experiment's name (``EXPERIMENT``).
+        doc: The script's docstring; its first line is the ``--help`` description.
+        presets: ``PRESETS``: preset name -> settings.
+        choices: Settings whose items must come from a list, e.g. ``{"models": MODELS}``.
+        options: Further ``(flag, argparse keyword arguments)`` of this script only (inputs
+            such as ``--from``, never settings: those belong in the presets).
     """
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--preset", choices=sorted(presets), default="small")
-    parser.add_argument(
-        "--out", default=None, help=f"run folder (default runs/{experiment}-<preset>)"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help=progress_help)
-    add_fresh_flag(parser)
-    return parser
+
+    name: str
+    doc: str
+    presets: Mapping[str, Mapping[str, Any]]
+    choices: Mapping[str, Sequence[str]] = dataclasses.field(default_factory=dict)
+    options: Sequence[tuple[str, Mapping[str, Any]]] = ()
+
+    def parser(self) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(
+            prog=f"python -m experiments.{self.name}", description=self.doc.splitlines()[0]
+        )
+        parser.add_argument("--preset", choices=sorted(self.presets), default="small")
+        parser.add_argument(
+            "--out", default=None, help=f"run folder (default runs/{self.name}-<preset>)"
+        )
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+        parser.add_argument(
+            "--fresh",
+            action="store_true",
+            help="start over: move an existing run folder aside to <out>.old-<timestamp> "
+            "(default: resume it; a resume with other settings is refused)",
+        )
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a preset entry, typed like the preset's value (repeatable), e.g. "
+            "--set steps=500 --set sizes=2,8",
+        )
+        for flag, kwargs in self.options:
+            parser.add_argument(flag, **kwargs)
+        return parser
+
+    def parse_args(self, argv: Sequence[str] | None = None) -> argparse.Namespace:
+        return self.parser().parse_args(argv)
+
+    def start(self, argv: Sequence[str] | None = None) -> Invocation:
+        """Parse ``argv``, resolve and check the configuration, create the run folder."""
+        args = self.parse_args(argv)
+        cfg = resolve_config(self.presets, args.preset, args.overrides)
+        for key, allowed in self.choices.items():
+            for value in cfg[key]:
+                if value not in allowed:
+                    raise SystemExit(
+                        f"unknown {key} entry {value!r}; choose from {', '.join(allowed)}"
+                    )
+        out = run_folder(args.out, self.name, args.preset, fresh=args.fresh)
+        return Invocation(self.name, args, cfg, out, time.perf_counter())
 
 
-def add_fresh_flag(parser: argparse.ArgumentParser) -> None:
-    """Add ``--fresh``: start over, moving an existing run folder aside (:func:`start_fresh`).
+@dataclasses.dataclass
+class Invocation:
+    """One invocation of an experiment script: arguments, configuration, run folder, start."""
 
-    Without it a script resumes what its run folder holds, and refuses to resume a model
-    trained with other settings (``neuralode.training.Trainer.restore``).
+    name: str
+    args: argparse.Namespace
+    cfg: dict[str, Any]
+    out: pathlib.Path
+    t_start: float
+
+    @property
+    def progress(self) -> bool:
+        return not self.args.no_progress
+
+    def elapsed(self) -> float:
+        """Seconds since the invocation started."""
+        return time.perf_counter() - self.t_start
+
+    def config(self, *, device: bool = False, **extra: Any) -> dict[str, Any]:
+        """The run folder's ``config.json``: experiment, preset, seed, the resolved settings
+        (``preset_config``), ``extra`` and the runtime (:func:`_report.runtime_info`)."""
+        from experiments._report import runtime_info
+
+        return {
+            "experiment": self.name,
+            "preset": self.args.preset,
+            "seed": self.args.seed,
+            "preset_config": self.cfg,
+            **extra,
+            **runtime_info(device=device),
+        }
+
+    def write_config(self, *, device: bool = False, **extra: Any) -> dict[str, Any]:
+        """Write :meth:`config` to the run folder's ``config.json``."""
+        config = self.config(device=device, **extra)
+        write_json(self.out / "config.json", config)
+        return config
+
+    def trainer(self, run_dir: pathlib.Path, loss_fn: Any, optimizer: Any, batch_fn: Any,
+                config: Mapping[str, Any], **options: Any) -> Any:
+        """A ``neuralode.training.Trainer`` for one model of this experiment in ``run_dir``.
+
+        It is seeded by ``--seed``, logs and checkpoints at the preset's ``log_every`` and
+        ``checkpoint_every`` (``options`` override these and add others, e.g. ``callbacks``),
+        shows progress unless ``--no-progress``, and stores ``{"experiment": name, **config}``,
+        so it refuses to resume a model trained with another ``config``.
+        """
+        import neuralode as nde
+
+        settings = {
+            "checkpoint_every": self.cfg["checkpoint_every"],
+            "log_every": self.cfg["log_every"],
+            "progress": self.progress,
+            **options,
+        }
+        return nde.training.Trainer(
+            loss_fn, optimizer, batch_fn, seed=self.args.seed, run_dir=run_dir,
+            config={"experiment": self.name, **config}, **settings,
+        )
+
+    def fit(self, trainer: Any, model: Any, steps: int, what: str) -> Any:
+        """Announce ``what`` is trained where, then ``trainer.fit(model, steps)``."""
+        print(f"[{self.name}] {what} -> {trainer.run_dir}", flush=True)
+        return trainer.fit(model, steps)
+
+    def summary(self, wall_time_s: float, **fields: Any) -> dict[str, Any]:
+        """The summary every experiment writes (the format ``reproduce.py`` reads): name,
+        preset, seed, the run's wall time, this invocation's time, then ``fields`` and the
+        settings."""
+        return {
+            "experiment": self.name,
+            "preset": self.args.preset,
+            "seed": self.args.seed,
+            "wall_time_s": wall_time_s,
+            "invocation_time_s": self.elapsed(),
+            **fields,
+            "config": self.cfg,
+        }
+
+    def finish(self, wall_time_s: float, table_markdown: str, plots: list[str],
+               **fields: Any) -> dict:
+        """Write ``table.md`` (the results table, markdown) and ``summary.json`` (see
+        :meth:`summary`, with ``table_markdown`` and ``plots``), print the table and where
+        everything went; returns the summary."""
+        write_text(self.out / "table.md", table_markdown)
+        summary = self.summary(wall_time_s, table_markdown=table_markdown, plots=plots, **fields)
+        write_json(self.out / "summary.json", summary)
+        print(table_markdown)
+        print(f"[{self.name}] wrote {self.out / 'summary.json'}, {self.out / 'table.md'}, "
+              + ", ".join(str(self.out / p) for p in plots))
+        return summary
+
+
+_TRUE, _FALSE, _NONE = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("none", "null")
+
+
+def _parse_scalar(text: str, like: Any) -> Any:
+    """``text`` as the type of ``like`` (a bool, int, float or str; ``None``: inferred)."""
+    low = text.strip().lower()
+    if low in _NONE:
+        return None
+    if isinstance(like, bool):
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise ValueError(f"expected true or false, got {text!r}")
+    if isinstance(like, int):
+        return int(text)
+    if isinstance(like, float):
+        return float(text)
+    if isinstance(like, str):
+        return {"true": True, "false": False}.get(low, text.strip())
+    for kind in (int, float):  # like is None: the most specific type that parses
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(low, text.strip())
+
+
+def parse_override(text: str, like: Any) -> Any:
+    """A ``--set`` value, typed by the preset's value ``like``.
+
+    Booleans take ``true/false`` (``yes/no``, ``on/off``, ``1/0``); ints and floats their
+    literals; lists and tuples comma-separated items (``2,8,32``; ``[]`` for none) typed like
+    the preset's first item; strings are taken as they are (``true``/``false`` become booleans,
+    for settings such as ``im2col=auto|true|false``). ``none``/``null`` is ``None`` for any key.
+    Where the preset's value is ``None`` the type is inferred (int, float, else string).
+
+    Raises:
+        ValueError: the text does not parse as the preset's type.
     """
-    parser.add_argument(
-        "--fresh",
-        action="store_true",
-        help="start over: move an existing run folder aside to <out>.old-<timestamp> "
-        "(default: resume it; a resume with other settings is refused)",
-    )
+    if isinstance(like, list | tuple):
+        body = text.strip().strip("[]()")
+        item_like = like[0] if like else None
+        items = [_parse_scalar(x, item_like) for x in body.split(",") if x.strip()]
+        return type(like)(items)
+    return _parse_scalar(text, like)
 
 
-def comma_list(text: str) -> list[str]:
-    """The non-empty, stripped items of a comma-separated option value such as ``"a, b,"``."""
-    return [x.strip() for x in text.split(",") if x.strip()]
+def resolve_config(
+    presets: Mapping[str, Mapping[str, Any]], preset: str, overrides: Sequence[str]
+) -> dict[str, Any]:
+    """The preset's settings with the ``--set key=value`` overrides applied (typed by the
+    preset, see :func:`parse_override`). Every experiment script reads its configuration this
+    way, so every preset entry can be changed from the command line.
 
-
-def set_given(cfg: dict[str, Any], **values: Any) -> None:
-    """Override preset entries by the command-line options that were given.
-
-    Args:
-        cfg: The configuration, changed in place.
-        **values: ``key=value`` per option; ``None`` (an option not given) leaves ``cfg[key]``
-            as it is.
+    Raises:
+        SystemExit: an unknown preset or key, a malformed item, or a value that does not parse.
     """
-    for key, value in values.items():
-        if value is not None:
-            cfg[key] = value
+    if preset not in presets:
+        raise SystemExit(f"unknown preset {preset!r}; choose from {sorted(presets)}")
+    cfg = dict(presets[preset])
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        if key not in cfg:
+            raise SystemExit(f"--set: unknown key {key!r}; known keys: {', '.join(sorted(cfg))}")
+        try:
+            cfg[key] = parse_override(value, cfg[key])
+        except ValueError as err:
+            raise SystemExit(f"--set {key}: {err}") from None
+    return cfg
+
+
+def presets_from_columns(
+    settings: Mapping[str, Sequence[Any]], names: Sequence[str] = ("smoke", "small", "paper")
+) -> dict[str, dict[str, Any]]:
+    """Presets from a table ``{key: (value in preset 1, value in preset 2, ...)}``.
+
+    Scripts write their presets as such a table, one line a setting with its values side by
+    side, so the presets cannot drift apart in their keys and their differences are visible.
+    """
+    for key, values in settings.items():
+        if len(values) != len(names):
+            raise ValueError(f"setting {key!r} has {len(values)} values for {len(names)} presets")
+    return {name: {k: v[i] for k, v in settings.items()} for i, name in enumerate(names)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,6 +540,34 @@ def save_figure(fig: Any, path: pathlib.Path) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+_SOLVERS = {"tsit5": "Tsit5", "dopri5": "Dopri5", "dopri8": "Dopri8", "bosh3": "Bosh3"}
+_ADJOINTS = {
+    "backsolve": "BacksolveAdjoint",
+    "checkpoint": "CheckpointAdjoint",
+    "interpolated": "InterpolatedAdjoint",
+}
+
+
+def solve_options(solver: str = "tsit5", adjoint: str = "checkpoint", **options: Any) -> Any:
+    """``nde.nn.SolveOptions`` from the names a preset uses (``solver="dopri5"``,
+    ``adjoint="backsolve"``) and further options (``rtol``, ``atol``, ``max_steps``, ...).
+
+    Raises:
+        SystemExit: an unknown solver or gradient mode.
+    """
+    import neuralode as nde
+
+    if solver not in _SOLVERS or adjoint not in _ADJOINTS:
+        raise SystemExit(
+            f"unknown solver {solver!r} or adjoint {adjoint!r}; solvers: {', '.join(_SOLVERS)}; "
+            f"adjoints: {', '.join(_ADJOINTS)}"
+        )
+    return nde.nn.SolveOptions(
+        solver=getattr(nde, _SOLVERS[solver])(), adjoint=getattr(nde, _ADJOINTS[adjoint])(),
+        **options,
+    )
+
+
 def count_params(model: Any) -> int:
     """The number of trainable (inexact-array) parameters of an Equinox model."""
     import equinox as eqx
@@ -454,71 +599,3 @@ def learning_rate(lr: float, iters: int, schedule: str) -> Any:
     if schedule != "constant":
         raise ValueError(f"unknown schedule {schedule!r}")
     return lr
-
-
-def average_units_at_init(cnf: nde.nn.CNF) -> nde.nn.CNF:
-    """Scale the initial ``u_n`` of a planar CNF by ``1/M``.
-
-    ``PlanarCNFField`` sums its ``M`` units, so at initialisation the field (and, over a long
-    time span such as ``t ∈ [0, 10]``, the flow) grows with ``M``; for large ``M`` the first
-    samples land far out in the target's tails and training starts unstable and expensive
-    (NFE > 100). The reference code (``torchdiffeq/examples/cnf.py``) averages the units
-    instead. Scaling the hypernetwork's output rows of ``u`` by ``1/M`` gives that initial field
-    while keeping the paper's (and the library's) parametrisation; training is free to grow
-    ``u`` again.
-
-    Args:
-        cnf: A CNF built by ``nde.nn.planar_cnf``.
-
-    Returns:
-        The same CNF with the last hypernetwork layer's ``u`` rows scaled.
-    """
-    import equinox as eqx
-    import jax.numpy as jnp
-    import numpy as np
-
-    field = cnf.field
-    m, d = field.width, field.dim
-    last = field.hyper.layers[-1]
-    scale = jnp.ones(last.bias.shape, last.bias.dtype).at[m * d : 2 * m * d].set(1.0 / m)
-    new = eqx.tree_at(
-        lambda c: (c.field.hyper.layers[-1].weight, c.field.hyper.layers[-1].bias),
-        cnf,
-        (last.weight * scale[:, None], last.bias * scale),
-    )
-    # guard the output layout: U scaled by 1/M, W, b and the gates unchanged
-    before, after = field.parameters(0.3), new.field.parameters(0.3)
-    for i, factor in enumerate((1.0, 1.0 / m, 1.0, 1.0)):
-        assert np.allclose(after[i], factor * before[i], rtol=1e-5, atol=1e-7), i
-    return new
-
-
-def cnf_with(model: nde.nn.CNF, **options: Any) -> nde.nn.CNF:
-    """The same CNF (same field and base) with other trace or solver options.
-
-    Args:
-        model: The CNF.
-        **options: Constructor arguments of ``nde.nn.CNF`` to change (``rtol``, ``trace``,
-            ``throw``, ``max_steps``, ...).
-
-    Returns:
-        A new CNF sharing ``model``'s field.
-    """
-    import neuralode as nde
-
-    kwargs = dict(
-        base=model.base,
-        t0=model.t0,
-        t1=model.t1,
-        trace=model.trace,
-        noise=model.noise,
-        solver=model.solver,
-        rtol=model.rtol,
-        atol=model.atol,
-        adjoint=model.adjoint,
-        max_steps=model.max_steps,
-        dt0=model.dt0,
-        throw=model.throw,
-    )
-    kwargs.update(options)
-    return nde.nn.CNF(model.field, **kwargs)

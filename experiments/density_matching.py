@@ -13,7 +13,7 @@ model together with their exact log densities, evaluate the target energy, avera
 - ``M = K = 2, 8, 32`` on three targets ``u1``–``u3`` (``nde.datasets.target_log_density``).
 
 The CNF integrates over ``t ∈ [0, 1]`` and its ``u_n`` start scaled by ``1/M`` (the reference
-code averages its units; see :func:`average_units_at_init`). Both models use a 5% warm-up and
+code averages its units; see ``_cnf.average_units_at_init``). Both models use a 5% warm-up and
 cosine decay of the learning rate in the ``small`` preset, the same number of iterations and the
 same batch size. Gradients: the ``paper`` preset uses the paper's adjoint method
 (``nde.BacksolveAdjoint``); ``small`` uses ``nde.CheckpointAdjoint`` (exact gradients of the
@@ -27,8 +27,9 @@ Mohamed (and the paper) plot them, by a soft Gaussian wall of width 0.2 outside 
 numerically integrating ``p̃`` on a fine grid, so the reported ``KL = loss + log Z ≥ 0`` is the
 true divergence (up to Monte Carlo error of the final evaluation, which is reported too).
 
-Run: ``python experiments/density_matching.py --preset {smoke,small,paper} --out
-runs/density_matching-<preset>``. Every model trains with ``nde.training.Trainer`` in its own
+Run: ``python -m experiments.density_matching --preset {smoke,small,paper} --out
+runs/density_matching-<preset>`` (``--set key=value`` changes a preset entry, e.g. ``--set
+targets=u1,u2 --set sizes=2,8``). Every model trains with ``nde.training.Trainer`` in its own
 sub-folder ``<target>/cnf-M<M>/`` or ``<target>/nf-K<K>/`` (config.json, metrics.jsonl with loss
 and NFE, checkpoint.eqx, eval.json); the run folder gets config.json, metrics.jsonl (all logs,
 tagged), table.md, summary.json and the plots. Running the same command again resumes every
@@ -39,7 +40,6 @@ folder aside to ``<out>.old-<timestamp>``.
 
 import math
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -50,16 +50,9 @@ import numpy as np
 import optax
 
 import neuralode as nde
-
-if not __package__:  # run as a script or loaded from its file: make the package importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _cnf
 from experiments import _common as C
-
-# helpers that moved to _common, still importable from this module as before
-from experiments._common import average_units_at_init, cnf_with, train_time
-
-SOLVERS = {"tsit5": nde.Tsit5, "dopri5": nde.Dopri5, "bosh3": nde.Bosh3}
-ADJOINTS = {"backsolve": nde.BacksolveAdjoint, "checkpoint": nde.CheckpointAdjoint}
+from experiments._report import captioned_table
 
 EXPERIMENT = "density_matching"
 KINDS = ("cnf", "nf")
@@ -76,81 +69,32 @@ PAPER = {
     "final_loss": None,  # the paper shows density plots only, no numbers
 }
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # seconds: a few steps of one target and size, for the test suite
-    "smoke": dict(
-        targets=("u1",),
-        sizes=(2,),
-        cnf_iters=4,
-        nf_iters=4,
-        batch=32,
-        cnf_lr=1e-2,
-        nf_lr=1e-2,
-        schedule="constant",
-        solver="bosh3",  # a 3-stage solver compiles faster: the smoke run is compile-bound
-        adjoint="checkpoint",
-        hyper_width=16,
-        t1=1.0,
-        rtol=1e-3,
-        atol=1e-3,
-        eval_rtol=1e-3,
-        eval_atol=1e-3,
-        eval_samples=256,
-        norm_grid=256,
-        plot_grid=24,
-        log_every=1,
-        checkpoint_every=2,
-    ),
-    # minutes on a 2-core CPU: the same number of iterations for CNF and NF
-    "small": dict(
-        targets=("u1", "u2", "u3"),
-        sizes=(2, 8, 32),
-        cnf_iters=1000,
-        nf_iters=1000,
-        batch=256,
-        cnf_lr=1e-2,
-        nf_lr=1e-2,
-        schedule="cosine",
-        solver="tsit5",
-        # exact gradients of the discrete solve: 3-5x faster per step than backsolve here
-        adjoint="checkpoint",
-        hyper_width=32,
-        t1=1.0,
-        rtol=1e-3,
-        atol=1e-3,
-        eval_rtol=1e-4,
-        eval_atol=1e-4,
-        eval_samples=4096,
-        norm_grid=1024,
-        plot_grid=64,
-        log_every=10,
-        checkpoint_every=100,
-    ),
-    # the paper's settings (CNF 10k Adam, NF 500k RMSprop iterations), for a GPU
-    "paper": dict(
-        targets=("u1", "u2", "u3"),
-        sizes=(2, 8, 32),
-        cnf_iters=10_000,
-        nf_iters=500_000,
-        batch=512,
-        cnf_lr=1e-3,
-        nf_lr=1e-4,
-        schedule="constant",
-        solver="dopri5",  # as the paper's torchdiffeq code
-        adjoint="backsolve",  # the paper's adjoint method
-        hyper_width=32,
-        t1=1.0,
-        rtol=1e-5,
-        atol=1e-5,
-        eval_rtol=1e-5,
-        eval_atol=1e-5,
-        eval_samples=20_000,
-        norm_grid=2048,
-        plot_grid=200,
-        log_every=50,
-        checkpoint_every=1000,
-    ),
+NOTES = (
+    "loss = E_q[log q - log p~] on fresh samples (evaluation tolerance eval_rtol); "
+    "KL = loss + log Z with log Z from a grid integral of the confined target "
+    f"(box [-{BOX}, {BOX}]^2, soft wall width {WALL}). CNF and NF run the same number "
+    "of iterations in the smoke and small presets. wall_time_s = training and evaluation "
+    "time of all models (summed over resumes), or this invocation's time if larger."
+)
+
+# Every setting per preset: (smoke, small, paper). smoke: seconds, a few steps of one target
+# and size, for the test suite; small: minutes on a 2-core CPU, the same number of iterations
+# for CNF and NF; paper: the paper's settings (CNF 10k Adam, NF 500k RMSprop iterations), for
+# a GPU.
+_SETTINGS: dict[str, tuple[Any, Any, Any]] = {
+    "targets": (("u1",), ("u1", "u2", "u3"), ("u1", "u2", "u3")),
+    "sizes": ((2,), (2, 8, 32), (2, 8, 32)),
+    "cnf_iters": (4, 1000, 10_000), "nf_iters": (4, 1000, 500_000),
+    "batch": (32, 256, 512),
+    "cnf_lr": (1e-2, 1e-2, 1e-3), "nf_lr": (1e-2, 1e-2, 1e-4),
+    **_cnf.SOLVE_SETTINGS,  # schedule, solver, adjoint, hyper_width, (eval_)rtol, (eval_)atol
+    "t1": (1.0, 1.0, 1.0),
+    "eval_samples": (256, 4096, 20_000), "norm_grid": (256, 1024, 2048),
+    "plot_grid": (24, 64, 200),
+    "log_every": (1, 10, 50), "checkpoint_every": (2, 100, 1000),
 }
+PRESETS = C.presets_from_columns(_SETTINGS)
+SCRIPT = C.Script(EXPERIMENT, __doc__, PRESETS, choices={"targets": nde.datasets.TARGET_NAMES})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,22 +138,15 @@ def make_model(kind: str, size: int, cfg: dict[str, Any], key):
     base = nde.nn.StandardNormal(2)
     if kind == "cnf":
         cnf = nde.nn.planar_cnf(
-            2,
-            size,
-            hyper_width=cfg["hyper_width"],
-            base=base,
-            t0=0.0,
-            t1=cfg["t1"],
-            rtol=cfg["rtol"],
-            atol=cfg["atol"],
-            solver=SOLVERS[cfg.get("solver", "tsit5")](),
-            adjoint=ADJOINTS[cfg["adjoint"]](),
-            max_steps=cfg.get("max_steps", 4096),
-            key=key,
+            2, size, hyper_width=cfg["hyper_width"], base=base, t0=0.0, t1=cfg["t1"],
+            solve=_cnf.training_solve(cfg), key=key,
         )
-        return average_units_at_init(cnf)
+        return _cnf.average_units_at_init(cnf)
     if kind == "nf":
-        return nde.nn.PlanarFlow(2, size, base=base, key=key)
+        # Rezende and Mohamed's plain random draw (not the library's volume-preserving
+        # default): the sampling direction is well-conditioned either way, and the numbers of
+        # docs/reproduction.md were made with it.
+        return nde.nn.PlanarFlow(2, size, base=base, init="random", key=key)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
@@ -259,7 +196,7 @@ def evaluate(kind, model, target, cfg, key, chunk: int = 2048) -> dict[str, floa
     """Monte Carlo estimate of the loss ``E_q[log q − log p̃]`` from ``eval_samples`` fresh
     samples (CNF solved at the evaluation tolerance), with its standard error."""
     if kind == "cnf":
-        model = cnf_with(model, rtol=cfg["eval_rtol"], atol=cfg["eval_atol"])
+        model = model.with_solve(rtol=cfg["eval_rtol"], atol=cfg["eval_atol"])
     n = cfg["eval_samples"]
     diffs, nfes = [], []
     for i, start in enumerate(range(0, n, chunk)):
@@ -288,7 +225,7 @@ def grid_log_density(kind, model, n: int) -> np.ndarray:
     """``log q`` on the ``n × n`` plotting grid (NaN where a CNF solve fails)."""
     pts = jnp.asarray(plot_grid(n))
     if kind == "cnf":  # generous settings: far-out points may need many steps
-        model = cnf_with(model, throw=False, max_steps=2048)
+        model = model.with_solve(throw=False, max_steps=2048)
     out = [np.asarray(_grid_log_prob(model, chunk)) for chunk in jnp.array_split(pts, 4)]
     return np.concatenate(out).reshape(n, n)
 
@@ -302,45 +239,37 @@ def run_name(kind: str, size: int) -> str:
     return f"cnf-M{size}" if kind == "cnf" else f"nf-K{size}"
 
 
-def train_and_evaluate(kind, size, target, cfg, out: pathlib.Path, seed: int, progress: bool):
+def train_and_evaluate(kind, size, target, run: C.Invocation):
     """Train (or resume) one model and evaluate it; results cached in ``eval.json``."""
-    run_dir = out / target / run_name(kind, size)
+    cfg, seed = run.cfg, run.args.seed
+    run_dir = run.out / target / run_name(kind, size)
     iters = cfg[f"{kind}_iters"]
     key = jax.random.fold_in(
         jax.random.key(seed),
         1000 * KINDS.index(kind) + 100 * nde.datasets.TARGET_NAMES.index(target) + size,
     )
     model = make_model(kind, size, cfg, key)
-    config = {"experiment": EXPERIMENT, "model": kind, "size": size, "target": target, **cfg}
-    trainer = nde.training.Trainer(
-        make_loss(kind, target, cfg["batch"]),
-        make_optimizer(kind, cfg),
-        lambda step, key: None,
-        seed=seed,
-        run_dir=run_dir,
-        config=config,
-        checkpoint_every=cfg["checkpoint_every"] if kind == "cnf" else 10 * cfg["checkpoint_every"],
-        log_every=cfg["log_every"],
-        progress=progress,
+    every = cfg["checkpoint_every"] * (1 if kind == "cnf" else 10)  # NF steps are cheap
+    config = {"model": kind, "size": size, "target": target, **cfg}
+    trainer = run.trainer(
+        run_dir, make_loss(kind, target, cfg["batch"]), make_optimizer(kind, cfg),
+        lambda step, key: None, config, checkpoint_every=every,
     )
-    print(f"[{EXPERIMENT}] {target}: {TITLES[kind]} {run_name(kind, size)}, {iters} iterations "
-          f"-> {run_dir}", flush=True)
-    state = trainer.fit(model, iters)
-    eval_path = run_dir / "eval.json"
+    what = f"{target}: {TITLES[kind]} {run_name(kind, size)}, {iters} iterations"
+    state = run.fit(trainer, model, iters, what)
     eval_settings = {k: cfg[k] for k in ("eval_samples", "eval_rtol", "eval_atol", "plot_grid")}
     grid_path = run_dir / "density_grid.npy"
-    cached = C.cached_eval(eval_path, state.step, eval_settings, grid_path)
-    if cached is not None:
+    if (cached := C.cached_eval(run_dir, state.step, eval_settings, grid_path)) is not None:
         return cached, np.load(grid_path)
     t0 = time.perf_counter()
     res = evaluate(kind, state.model, target, cfg, jax.random.key(10_000 + seed))
     grid = grid_log_density(kind, state.model, cfg["plot_grid"])
     res["eval_time_s"] = time.perf_counter() - t0
-    res["train_time_s"] = train_time(run_dir / nde.training.METRICS_NAME)
+    res["train_time_s"] = C.train_time(run_dir / nde.training.METRICS_NAME)
     res["iterations"] = state.step
     record = {"step": state.step, "settings": eval_settings, **res}
     np.save(grid_path, grid)
-    C.write_json(eval_path, record)
+    C.store_eval(run_dir, record)
     return record, grid
 
 
@@ -350,25 +279,23 @@ def train_and_evaluate(kind, size, target, cfg, out: pathlib.Path, seed: int, pr
 
 
 def markdown_table(results, log_z, cfg, preset) -> str:
-    lines = [
+    caption = (
         f"Density matching (Figure 4), preset `{preset}`: final KL(q||p) = loss + log Z "
         f"({cfg['eval_samples']} samples; ± 1 standard error). CNF {cfg['cnf_iters']} Adam, "
-        f"NF {cfg['nf_iters']} RMSprop iterations.",
-        "",
-        "| Target | log Z | M = K | CNF loss | NF loss | CNF KL | NF KL | CNF NFE | lower |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        f"NF {cfg['nf_iters']} RMSprop iterations."
+    )
+    rows = []
     for target in cfg["targets"]:
         for size in cfg["sizes"]:
             c, f = results[target]["cnf"][size], results[target]["nf"][size]
             lz = log_z[target]
-            lines.append(
-                f"| {target} | {lz:.3f} | {size} | {c['loss']:.3f} | {f['loss']:.3f} "
-                f"| {c['loss'] + lz:.3f} ± {c['loss_se']:.3f} "
-                f"| {f['loss'] + lz:.3f} ± {f['loss_se']:.3f} | {c['nfe']:.1f} "
-                f"| {'CNF' if c['loss'] <= f['loss'] else 'NF'} |"
-            )
-    return "\n".join(lines) + "\n"
+            kl = [f"{r['loss'] + lz:.3f} ± {r['loss_se']:.3f}" for r in (c, f)]
+            losses = [f"{r['loss']:.3f}" for r in (c, f)]
+            lower = "CNF" if c["loss"] <= f["loss"] else "NF"
+            rows.append([target, f"{lz:.3f}", size, *losses, *kl, f"{c['nfe']:.1f}", lower])
+    columns = ["Target", "log Z", "M = K", "CNF loss", "NF loss", "CNF KL", "NF KL", "CNF NFE",
+               "lower"]
+    return captioned_table(caption, columns, rows)
 
 
 def make_plots(out: pathlib.Path, cfg, log_z, grids) -> list[str]:
@@ -426,52 +353,10 @@ def make_plots(out: pathlib.Path, cfg, log_z, grids) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
-    parser = C.experiment_parser(__doc__.splitlines()[0], PRESETS, EXPERIMENT)
-    parser.add_argument("--targets", default=None, help="comma-separated, e.g. u1,u2,u3")
-    parser.add_argument("--sizes", default=None, help="comma-separated M = K, e.g. 2,8,32")
-    parser.add_argument("--iters", type=int, default=None, help="iterations of both models")
-    parser.add_argument("--cnf-lr", type=float, default=None)
-    parser.add_argument("--nf-lr", type=float, default=None)
-    parser.add_argument("--batch", type=int, default=None)
-    parser.add_argument("--schedule", choices=("constant", "cosine"), default=None)
-    parser.add_argument("--t1", type=float, default=None, help="CNF integration time [0, t1]")
-    parser.add_argument("--adjoint", choices=sorted(ADJOINTS), default=None)
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    cfg = dict(PRESETS[args.preset])
-    if args.targets:
-        cfg["targets"] = tuple(C.comma_list(args.targets))
-    if args.sizes:
-        cfg["sizes"] = tuple(int(s) for s in args.sizes.split(","))
-    if args.iters is not None:
-        cfg["cnf_iters"] = cfg["nf_iters"] = args.iters
-    C.set_given(
-        cfg,
-        cnf_lr=args.cnf_lr,
-        nf_lr=args.nf_lr,
-        batch=args.batch,
-        schedule=args.schedule,
-        t1=args.t1,
-        adjoint=args.adjoint,
-    )
-    for target in cfg["targets"]:
-        if target not in nde.datasets.TARGET_NAMES:
-            raise SystemExit(f"unknown target {target!r}; choose from {nde.datasets.TARGET_NAMES}")
-    out = C.run_folder(args.out, EXPERIMENT, args.preset, fresh=args.fresh)
-    config = {
-        "experiment": EXPERIMENT,
-        "preset": args.preset,
-        "seed": args.seed,
-        "preset_config": cfg,
-        "target_confinement": {"box": BOX, "wall_width": WALL},
-        **C.runtime_info(),
-    }
-    C.write_json(out / "config.json", config)
+    run = SCRIPT.start(argv)
+    args, cfg, out = run.args, run.cfg, run.out
+    run.write_config(target_confinement={"box": BOX, "wall_width": WALL})
 
     log_z = {t: log_normaliser(t, cfg["norm_grid"]) for t in cfg["targets"]}
     results: dict[str, dict[str, dict[int, dict]]] = {}
@@ -480,9 +365,7 @@ def main(argv=None) -> dict:
         results[target] = {"cnf": {}, "nf": {}}
         for size in cfg["sizes"]:
             for kind in ("nf", "cnf"):
-                rec, grid = train_and_evaluate(
-                    kind, size, target, cfg, out, args.seed, not args.no_progress
-                )
+                rec, grid = train_and_evaluate(kind, size, target, run)
                 results[target][kind][size] = rec
                 grids[(target, kind, size)] = grid
                 print(f"  {target} {run_name(kind, size)}: loss {rec['loss']:.4f} "
@@ -542,37 +425,16 @@ def main(argv=None) -> dict:
     need = min(2, len(cfg["targets"]))
     metrics["acceptance_cnf_le_nf_on_2_of_3_targets"] = all(v >= need for v in per_size.values())
     table = markdown_table(results, log_z, cfg, args.preset)
-    C.write_text(out / "table.md", table)
     plots = make_plots(out, cfg, log_z, grids)
     model_time = sum(r["cnf_train_time_s"] + r["nf_train_time_s"] for r in rows) + sum(
         results[t][k][s]["eval_time_s"] for t in cfg["targets"] for k in KINDS for s in cfg["sizes"]
     )
-    invocation = time.perf_counter() - t_start
-    summary = {
-        "experiment": EXPERIMENT,
-        "preset": args.preset,
-        "seed": args.seed,
-        "wall_time_s": max(model_time, invocation),
-        "invocation_time_s": invocation,
-        "metrics": metrics,
-        "table": rows,
-        "table_markdown": table,
-        "paper": PAPER,
-        "plots": plots,
-        "config": cfg,
-        "notes": (
-            "loss = E_q[log q - log p~] on fresh samples (evaluation tolerance eval_rtol); "
-            "KL = loss + log Z with log Z from a grid integral of the confined target "
-            f"(box [-{BOX}, {BOX}]^2, soft wall width {WALL}). CNF and NF run the same number "
-            "of iterations in the smoke and small presets. wall_time_s = training and evaluation "
-            "time of all models (summed over resumes), or this invocation's time if larger."
-        ),
-    }
-    C.write_json(out / "summary.json", summary)
-    print(table)
+    summary = run.finish(
+        max(model_time, run.elapsed()), table, plots, metrics=metrics, table=rows, paper=PAPER,
+        notes=NOTES,
+    )
     print(f"[{EXPERIMENT}] CNF lower at {wins}/{len(rows)} (target, M=K) pairs; targets with CNF "
-          f"lower per M = K: {per_size}. Wrote {out / 'summary.json'}, "
-          + ", ".join(str(out / p) for p in plots))
+          f"lower per M = K: {per_size}.")
     return summary
 
 

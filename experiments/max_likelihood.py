@@ -15,10 +15,10 @@ samples drawn every iteration:
   loss: ``λ_K ∫‖f‖² dt + λ_J ∫‖εᵀ∂f/∂z‖² dt``, integrated as extra states of the same solve.
 
 Initialisation (the parametrisations are the library's): the planar CNF's ``u_n`` start scaled
-by ``1/M`` (the reference code averages its units; see :func:`average_units_at_init`), the
-planar NF's layers start with ``wᵀu = log(e − 1)`` so that its invertibility constraint is
-inactive (see :func:`unconstrained_init`); without these, training at the small preset's
-learning rate diverges (NaN) or does not recover from an initial NLL of thousands of nats.
+by ``1/M`` (the reference code averages its units; see ``_cnf.average_units_at_init``), the
+planar NF's layers start volume-preserving (``wᵀû = 0``, the library's default init of
+``PlanarFlow``); without these, training at the small preset's learning rate diverges (NaN) or
+does not recover from an initial NLL of thousands of nats.
 
 Gradients: the ``paper`` preset uses the paper's adjoint method (``nde.BacksolveAdjoint``);
 ``small`` uses ``nde.CheckpointAdjoint`` (exact gradients of the discrete solve), which is 3-5x
@@ -29,8 +29,9 @@ Data: ``nde.datasets.sample_toy_2d`` — circles with noise 0.06 and factor 0.5 
 (a key never used in training) with the exact trace for every CNF, at the evaluation
 tolerance.
 
-Run: ``python experiments/max_likelihood.py --preset {smoke,small,paper} --out
-runs/max_likelihood-<preset>``. Every model trains with ``nde.training.Trainer`` in its own
+Run: ``python -m experiments.max_likelihood --preset {smoke,small,paper} --out
+runs/max_likelihood-<preset>`` (``--set key=value`` changes a preset entry, e.g. ``--set
+models=cnf,nf --set iters=500``). Every model trains with ``nde.training.Trainer`` in its own
 sub-folder ``<dataset>/<model>/`` (config.json, metrics.jsonl with loss and NFE,
 checkpoint.eqx, eval.json); the run folder gets config.json, metrics.jsonl (all logs, tagged),
 table.md, summary.json and the plots (densities, samples, and the planar CNF's flow of base
@@ -41,7 +42,6 @@ over, moving the old run folder aside to ``<out>.old-<timestamp>``.
 
 import math
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -52,21 +52,9 @@ import numpy as np
 import optax
 
 import neuralode as nde
-
-if not __package__:  # run as a script or loaded from its file: make the package importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from experiments import _cnf
 from experiments import _common as C
-
-# helpers that moved to _common, still importable from this module as before
-from experiments._common import (
-    average_units_at_init,
-    cnf_with,
-    count_params,
-    train_time,
-)
-
-SOLVERS = {"tsit5": nde.Tsit5, "dopri5": nde.Dopri5, "bosh3": nde.Bosh3}
-ADJOINTS = {"backsolve": nde.BacksolveAdjoint, "checkpoint": nde.CheckpointAdjoint}
+from experiments._report import captioned_table, fmt
 
 EXPERIMENT = "max_likelihood"
 MODELS = ("cnf", "nf", "ffjord", "ffjord_rnode")
@@ -103,114 +91,44 @@ PAPER = {
     "equal quality (Finlay et al. 2020)",
 }
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # seconds: a few steps on one data set, for the test suite
-    "smoke": dict(
-        datasets=("circles",),
-        models=MODELS,
-        iters=3,
-        ffjord_iters=3,
-        batch=32,
-        lr=1e-3,
-        ffjord_lr=1e-3,
-        schedule="constant",
-        clip=None,
-        solver="bosh3",  # a 3-stage solver compiles faster: the smoke run is compile-bound
-        adjoint="checkpoint",
-        noise=0.06,
-        factor=0.5,
-        width=64,
-        hyper_width=16,
-        t1=10.0,
-        base_var=0.1,
-        ffjord_width=16,
-        ffjord_depth=2,
-        ffjord_t1=1.0,
-        lambda_kinetic=0.01,
-        lambda_jacobian=0.01,
-        rtol=1e-3,
-        atol=1e-3,
-        eval_rtol=1e-3,
-        eval_atol=1e-3,
-        test_samples=128,
-        eval_chunk=128,
-        plot_grid=16,
-        flow_samples=256,
-        log_every=1,
-        checkpoint_every=2,
-    ),
-    # minutes on a 2-core CPU: loose tolerance, fewer iterations, larger learning rate
-    "small": dict(
-        datasets=DATASETS,
-        models=MODELS,
-        iters=2000,
-        ffjord_iters=1000,
-        batch=256,
-        lr=5e-3,
-        ffjord_lr=5e-3,
-        schedule="cosine",
-        clip=1.0,
-        solver="tsit5",
-        # exact gradients of the discrete solve: 3-5x faster per step than backsolve here
-        adjoint="checkpoint",
-        noise=0.06,
-        factor=0.5,
-        width=64,
-        hyper_width=32,
-        t1=10.0,
-        base_var=0.1,
-        ffjord_width=64,
-        ffjord_depth=3,
-        ffjord_t1=1.0,
-        lambda_kinetic=0.01,
-        lambda_jacobian=0.01,
-        rtol=1e-3,
-        atol=1e-3,
-        eval_rtol=1e-4,
-        eval_atol=1e-4,
-        test_samples=2048,
-        eval_chunk=1200,
-        plot_grid=60,
-        flow_samples=2000,
-        log_every=10,
-        checkpoint_every=200,
-    ),
-    # the paper's recipe (FFJORD: its own toy setting of 10k iterations), for a GPU
-    "paper": dict(
-        datasets=DATASETS,
-        models=MODELS,
-        iters=1000,
-        ffjord_iters=10_000,
-        batch=512,
-        lr=1e-3,
-        ffjord_lr=1e-3,
-        schedule="constant",
-        clip=None,
-        solver="dopri5",  # as the paper's torchdiffeq code
-        adjoint="backsolve",  # the paper's adjoint method
-        noise=0.06,
-        factor=0.5,
-        width=64,
-        hyper_width=32,
-        t1=10.0,
-        base_var=0.1,
-        ffjord_width=64,
-        ffjord_depth=3,
-        ffjord_t1=1.0,
-        lambda_kinetic=0.01,
-        lambda_jacobian=0.01,
-        rtol=1e-5,
-        atol=1e-5,
-        eval_rtol=1e-5,
-        eval_atol=1e-5,
-        test_samples=10_000,
-        eval_chunk=4000,
-        plot_grid=200,
-        flow_samples=20_000,
-        log_every=10,
-        checkpoint_every=100,
-    ),
+NOTES = (
+    "test_nll: -mean log p on fresh samples, exact trace, eval tolerance. nfe_train: "
+    "mean forward NFE per sample over the last 10% of training iterations (Hutchinson "
+    "trace for FFJORD); nfe_test: mean NFE per sample of the test solves. Base of the "
+    "planar CNF/NF: N(0, 0.1 I) (std sqrt(0.1)); FFJORD: N(0, I). wall_time_s = "
+    "training and evaluation time of all models (summed over resumes), or this "
+    "invocation's time if larger."
+)
+
+# Every setting per preset: (smoke, small, paper). smoke: seconds, a few steps on one data set,
+# for the test suite; small: minutes on a 2-core CPU (loose tolerance, fewer iterations, a
+# larger learning rate); paper: the paper's recipe (FFJORD: its own toy setting of 10k
+# iterations), for a GPU.
+_SETTINGS: dict[str, tuple[Any, Any, Any]] = {
+    "datasets": (("circles",), DATASETS, DATASETS),
+    "models": (MODELS, MODELS, MODELS),
+    "iters": (3, 2000, 1000), "ffjord_iters": (3, 1000, 10_000),
+    "batch": (32, 256, 512),
+    "lr": (1e-3, 5e-3, 1e-3), "ffjord_lr": (1e-3, 5e-3, 1e-3),
+    **_cnf.SOLVE_SETTINGS,  # schedule, solver, adjoint, hyper_width, (eval_)rtol, (eval_)atol
+    "clip": (None, 1.0, None),  # gradient clipping guards against rare blow-ups at a large lr
+    "noise": (0.06, 0.06, 0.06),
+    "factor": (0.5, 0.5, 0.5),
+    "width": (64, 64, 64),
+    # "average": the planar CNF's units start scaled by 1/M (see the module docstring);
+    # "library": the library's own initialisation of planar_cnf
+    "cnf_init": ("average", "average", "average"),
+    "t1": (10.0, 10.0, 10.0),
+    "base_var": (0.1, 0.1, 0.1),
+    "ffjord_width": (16, 64, 64), "ffjord_depth": (2, 3, 3),
+    "ffjord_t1": (1.0, 1.0, 1.0),
+    "lambda_kinetic": (0.01, 0.01, 0.01), "lambda_jacobian": (0.01, 0.01, 0.01),
+    "test_samples": (128, 2048, 10_000), "eval_chunk": (128, 1200, 4000),
+    "plot_grid": (16, 60, 200), "flow_samples": (256, 2000, 20_000),
+    "log_every": (1, 10, 10), "checkpoint_every": (2, 200, 100),
 }
+PRESETS = C.presets_from_columns(_SETTINGS)
+SCRIPT = C.Script(EXPERIMENT, __doc__, PRESETS, choices={"datasets": DATASETS, "models": MODELS})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,44 +143,22 @@ def sample_data(name: str, key, n: int, cfg: dict[str, Any]):
     return nde.datasets.sample_toy_2d(name, key, n, **kwargs)
 
 
-def unconstrained_init(flow: nde.nn.PlanarFlow) -> nde.nn.PlanarFlow:
-    """Start every planar layer with ``wᵀu = log(e − 1)``, where the invertibility constraint
-    is inactive (``m(wᵀu) = wᵀu``, so ``û = u``).
-
-    With independent random ``u, w`` the constraint gives ``wᵀû ≈ m(0) = −0.31``: every layer
-    contracts by up to 31% along ``w``, and 64 of them make the inverse (data → base) blow up:
-    the initial NLL of circles is ~4,600 nats instead of ~40 (the base alone: 4.5), and Adam
-    does not recover within the small preset's iterations. The parametrisation is unchanged.
-    """
-    w, u = flow.w, flow.u
-    wu = jnp.sum(w * u, axis=1, keepdims=True)
-    wn = jnp.sum(w * w, axis=1, keepdims=True)
-    u = u + (math.log(math.e - 1.0) - wu) * w / wn
-    return eqx.tree_at(lambda f: f.u, flow, u)
-
-
 def make_model(kind: str, cfg: dict[str, Any], key):
-    solve = dict(
-        rtol=cfg["rtol"],
-        atol=cfg["atol"],
-        solver=SOLVERS[cfg["solver"]](),
-        adjoint=ADJOINTS[cfg["adjoint"]](),
-        max_steps=cfg.get("max_steps", 4096),
-    )
+    solve = _cnf.training_solve(cfg)
     if kind == "cnf":
         base = nde.nn.StandardNormal(2, math.sqrt(cfg["base_var"]))
         cnf = nde.nn.planar_cnf(
             2, cfg["width"], hyper_width=cfg["hyper_width"], base=base, t0=0.0, t1=cfg["t1"],
-            key=key, **solve,
+            solve=solve, key=key,
         )
-        return average_units_at_init(cnf) if cfg.get("cnf_init", "average") == "average" else cnf
-    if kind == "nf":
+        return _cnf.average_units_at_init(cnf) if cfg["cnf_init"] == "average" else cnf
+    if kind == "nf":  # the library's volume-preserving initialisation
         base = nde.nn.StandardNormal(2, math.sqrt(cfg["base_var"]))
-        return unconstrained_init(nde.nn.PlanarFlow(2, cfg["width"], base=base, key=key))
+        return nde.nn.PlanarFlow(2, cfg["width"], base=base, key=key)
     if kind in ("ffjord", "ffjord_rnode"):
         return nde.nn.ffjord_cnf(
             2, width=cfg["ffjord_width"], depth=cfg["ffjord_depth"], t0=0.0,
-            t1=cfg["ffjord_t1"], key=key, **solve,
+            t1=cfg["ffjord_t1"], solve=solve, key=key,
         )
     raise ValueError(f"unknown model {kind!r}; choose from {MODELS}")
 
@@ -290,7 +186,7 @@ def make_loss(kind: str, cfg: dict[str, Any]):
 def make_optimizer(kind: str, cfg: dict[str, Any]):
     peak = cfg["ffjord_lr"] if kind.startswith("ffjord") else cfg["lr"]
     lr = C.learning_rate(peak, num_iters(kind, cfg), cfg["schedule"])
-    if cfg.get("clip"):  # gradient clipping guards against rare blow-ups at a large lr
+    if cfg["clip"]:
         return optax.chain(optax.clip_by_global_norm(cfg["clip"]), optax.adam(lr))
     return optax.adam(lr)
 
@@ -304,14 +200,16 @@ def num_iters(kind: str, cfg: dict[str, Any]) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def eval_model(kind, model, cfg, **options):
+def eval_model(kind, model, cfg):
     """The model as evaluated: CNFs with the exact trace at the evaluation tolerance."""
     if kind == "nf":
         return model
     # throw=False: a failed solve (e.g. a far-out grid point) gives NaN instead of an error
-    opts = dict(trace="exact", rtol=cfg["eval_rtol"], atol=cfg["eval_atol"], throw=False)
-    opts.update(options)
-    return cnf_with(model, **opts)
+    solve = model.solve.replace(rtol=cfg["eval_rtol"], atol=cfg["eval_atol"], throw=False)
+    return nde.nn.CNF(
+        model.field, base=model.base, t0=model.t0, t1=model.t1, trace="exact",
+        noise=model.noise, solve=solve,
+    )
 
 
 @eqx.filter_jit
@@ -368,21 +266,14 @@ def _samples(model, key, n):
     return model.sample(key, n)
 
 
-class BatchField(eqx.Module):
-    """A per-point field applied to a batch of points as one ODE state."""
-
-    field: Any
-
-    def __call__(self, t, z, args):
-        return jax.vmap(self.field, in_axes=(None, 0, None))(t, z, args)
-
-
 @eqx.filter_jit
 def cnf_flow(model: nde.nn.CNF, z1, ts):
-    """Base samples ``z1`` (at ``t1``) integrated back to ``t0``, output at every ``ts``."""
+    """Base samples ``z1`` (at ``t1``) integrated back to ``t0`` as one state, output at every
+    ``ts``."""
+    opts = model.solve
     sol = nde.odeint(
-        BatchField(model.field), z1, ts, rtol=model.rtol, atol=model.atol, solver=model.solver,
-        throw=False,
+        nde.nn.BatchField(model.field), z1, ts, rtol=opts.rtol, atol=opts.atol,
+        solver=opts.solver, throw=False,
     )
     return sol.ys
 
@@ -392,37 +283,28 @@ def cnf_flow(model: nde.nn.CNF, z1, ts):
 # ---------------------------------------------------------------------------------------------
 
 
-def train_and_evaluate(kind, dataset, cfg, out: pathlib.Path, seed: int, progress: bool):
+def train_and_evaluate(kind, dataset, run: C.Invocation):
     """Train (or resume) one model, evaluate it; results cached in ``eval.json``.
 
     Returns ``(record, trained model, log density on the plotting grid, samples)``.
     """
-    run_dir = out / dataset / kind
+    cfg, seed = run.cfg, run.args.seed
+    run_dir = run.out / dataset / kind
     iters = num_iters(kind, cfg)
     key = jax.random.fold_in(
         jax.random.key(seed), 100 * DATASETS.index(dataset) + MODELS.index(kind)
     )
     model = make_model(kind, cfg, key)
-    config = {"experiment": EXPERIMENT, "model": kind, "dataset": dataset, **cfg}
-    trainer = nde.training.Trainer(
-        make_loss(kind, cfg),
-        make_optimizer(kind, cfg),
+    trainer = run.trainer(
+        run_dir, make_loss(kind, cfg), make_optimizer(kind, cfg),
         lambda step, key: sample_data(dataset, key, cfg["batch"], cfg),
-        seed=seed,
-        run_dir=run_dir,
-        config=config,
-        checkpoint_every=cfg["checkpoint_every"],
-        log_every=cfg["log_every"],
-        progress=progress,
+        {"model": kind, "dataset": dataset, **cfg},
     )
-    print(f"[{EXPERIMENT}] {dataset}: {TITLES[kind]}, {iters} iterations, "
-          f"{count_params(model):,} parameters -> {run_dir}", flush=True)
-    state = trainer.fit(model, iters)
-    eval_path = run_dir / "eval.json"
+    what = f"{dataset}: {TITLES[kind]}, {iters} iterations, {C.count_params(model):,} parameters"
+    state = run.fit(trainer, model, iters, what)
     settings = {k: cfg[k] for k in ("test_samples", "eval_rtol", "eval_atol", "plot_grid")}
     arrays_path = run_dir / "plots.npz"
-    cached = C.cached_eval(eval_path, state.step, settings, arrays_path)
-    if cached is not None:
+    if (cached := C.cached_eval(run_dir, state.step, settings, arrays_path)) is not None:
         arrays = np.load(arrays_path)
         return cached, state.model, arrays["grid"], arrays["samples"]
     t0 = time.perf_counter()
@@ -437,8 +319,8 @@ def train_and_evaluate(kind, dataset, cfg, out: pathlib.Path, seed: int, progres
     rec.update({
         "step": state.step,
         "settings": settings,
-        "params": count_params(state.model),
-        "train_time_s": train_time(run_dir / nde.training.METRICS_NAME),
+        "params": C.count_params(state.model),
+        "train_time_s": C.train_time(run_dir / nde.training.METRICS_NAME),
         "eval_time_s": time.perf_counter() - t0,
     })
     if tail:  # training-time NFE of the forward solve over the last 10% of iterations
@@ -449,7 +331,7 @@ def train_and_evaluate(kind, dataset, cfg, out: pathlib.Path, seed: int, progres
             rec["kinetic"] = float(np.mean([r["kinetic"] for r in tail]))
             rec["jacobian"] = float(np.mean([r["jacobian"] for r in tail]))
     np.savez(arrays_path, grid=grid, samples=samples)
-    C.write_json(eval_path, rec)
+    C.store_eval(run_dir, rec)
     return rec, state.model, grid, samples
 
 
@@ -458,29 +340,24 @@ def train_and_evaluate(kind, dataset, cfg, out: pathlib.Path, seed: int, progres
 # ---------------------------------------------------------------------------------------------
 
 
-def _fmt(value, spec=".1f"):
-    return "–" if value is None else format(value, spec)
-
-
 def markdown_table(results, cfg, preset) -> str:
-    lines = [
+    caption = (
         f"Maximum likelihood (Figure 5), preset `{preset}`: test NLL (nats, lower is better) on "
         f"{cfg['test_samples']} fresh samples, ± 1 standard error; exact trace at rtol = atol = "
         f"{cfg['eval_rtol']:g}. Training at rtol = atol = {cfg['rtol']:g}, batch {cfg['batch']}, "
-        f"{cfg['iters']} iterations (FFJORD {cfg['ffjord_iters']}).",
-        "",
-        "| Data | Model | Test NLL | NFE (train, fwd) | NFE (test) | Train time | Params |",
-        "|---|---|---|---|---|---|---|",
+        f"{cfg['iters']} iterations (FFJORD {cfg['ffjord_iters']})."
+    )
+    rows = [
+        [dataset, TITLES[kind], f"{r['test_nll']:.3f} ± {r['test_nll_se']:.3f}",
+         fmt(r.get("nfe_train"), ".1f", "–"), fmt(r.get("nfe_test"), ".1f", "–"),
+         f"{r['train_time_s']:.0f} s", f"{r['params']:,}"]
+        for dataset in cfg["datasets"]
+        for kind in cfg["models"]
+        for r in [results[dataset][kind]]
     ]
-    for dataset in cfg["datasets"]:
-        for kind in cfg["models"]:
-            r = results[dataset][kind]
-            lines.append(
-                f"| {dataset} | {TITLES[kind]} | {r['test_nll']:.3f} ± {r['test_nll_se']:.3f} "
-                f"| {_fmt(r.get('nfe_train'))} | {_fmt(r.get('nfe_test'))} "
-                f"| {r['train_time_s']:.0f} s | {r['params']:,} |"
-            )
-    return "\n".join(lines) + "\n"
+    columns = ["Data", "Model", "Test NLL", "NFE (train, fwd)", "NFE (test)", "Train time",
+               "Params"]
+    return captioned_table(caption, columns, rows)
 
 
 def make_plots(out: pathlib.Path, cfg, results, grids, samples, models, seed) -> list[str]:
@@ -522,6 +399,18 @@ def make_plots(out: pathlib.Path, cfg, results, grids, samples, models, seed) ->
         fig.suptitle(f"Maximum likelihood: model {what}", fontsize=10)
         plots.append(C.save_figure(fig, out / name))
 
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for i, kind in enumerate(kinds):
+            logs = C.read_jsonl(out / dataset / kind / nde.training.METRICS_NAME)
+            if logs:
+                ys = [r.get("nll", r["loss"]) for r in logs]
+                ax.plot([r["step"] for r in logs], ys, color=f"C{i}", lw=1, label=TITLES[kind])
+        ax.set(xlabel="iteration", ylabel="training NLL (batch)", title=dataset)
+        ax.set_ylim(top=min(5.0, ax.get_ylim()[1]))
+        ax.legend(fontsize=7)
+    plots.append(C.save_figure(fig, out / "loss_curves.png"))
+
     if "cnf" in kinds:  # the planar CNF's flow of base samples over time (t1 -> t0)
         nt = 6
         fig, axes = plt.subplots(
@@ -544,18 +433,6 @@ def make_plots(out: pathlib.Path, cfg, results, grids, samples, models, seed) ->
             axes[r, 0].set_ylabel(dataset)
         fig.suptitle("Planar CNF: base samples (t = 10) flowing to data (t = 0)", fontsize=10)
         plots.append(C.save_figure(fig, out / "cnf_flow.png"))
-
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.6), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        for i, kind in enumerate(kinds):
-            logs = C.read_jsonl(out / dataset / kind / nde.training.METRICS_NAME)
-            if logs:
-                ys = [r.get("nll", r["loss"]) for r in logs]
-                ax.plot([r["step"] for r in logs], ys, color=f"C{i}", lw=1, label=TITLES[kind])
-        ax.set(xlabel="iteration", ylabel="training NLL (batch)", title=dataset)
-        ax.set_ylim(top=min(5.0, ax.get_ylim()[1]))
-        ax.legend(fontsize=7)
-    plots.append(C.save_figure(fig, out / "loss_curves.png"))
     return plots
 
 
@@ -564,64 +441,24 @@ def make_plots(out: pathlib.Path, cfg, results, grids, samples, models, seed) ->
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
-    parser = C.experiment_parser(__doc__.splitlines()[0], PRESETS, EXPERIMENT)
-    parser.add_argument("--datasets", default=None, help="comma-separated: circles,moons")
-    parser.add_argument("--models", default=None, help="comma-separated, e.g. cnf,nf")
-    parser.add_argument("--iters", type=int, default=None, help="iterations of every model")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate of every model")
-    parser.add_argument("--batch", type=int, default=None)
-    parser.add_argument("--schedule", choices=("constant", "cosine"), default=None)
-    parser.add_argument("--cnf-init", choices=("average", "library"), default=None)
-    parser.add_argument("--adjoint", choices=sorted(ADJOINTS), default=None)
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    cfg = dict(PRESETS[args.preset])
-    if args.datasets:
-        cfg["datasets"] = tuple(C.comma_list(args.datasets))
-    if args.models:
-        cfg["models"] = tuple(C.comma_list(args.models))
-    if args.iters is not None:
-        cfg["iters"] = cfg["ffjord_iters"] = args.iters
-    if args.lr is not None:
-        cfg["lr"] = cfg["ffjord_lr"] = args.lr
-    C.set_given(
-        cfg, batch=args.batch, schedule=args.schedule, cnf_init=args.cnf_init, adjoint=args.adjoint
-    )
-    for d in cfg["datasets"]:
-        if d not in DATASETS:
-            raise SystemExit(f"unknown data set {d!r}; choose from {DATASETS}")
-    for m in cfg["models"]:
-        if m not in MODELS:
-            raise SystemExit(f"unknown model {m!r}; choose from {MODELS}")
-    out = C.run_folder(args.out, EXPERIMENT, args.preset, fresh=args.fresh)
-    config = {
-        "experiment": EXPERIMENT,
-        "preset": args.preset,
-        "seed": args.seed,
-        "preset_config": cfg,
-        **C.runtime_info(),
-    }
-    C.write_json(out / "config.json", config)
+    run = SCRIPT.start(argv)
+    args, cfg, out = run.args, run.cfg, run.out
+    run.write_config()
 
     results: dict[str, dict[str, dict]] = {}
     grids, samples, models = {}, {}, {}
     for dataset in cfg["datasets"]:
         results[dataset] = {}
         for kind in cfg["models"]:
-            rec, model, grid, smp = train_and_evaluate(
-                kind, dataset, cfg, out, args.seed, not args.no_progress
-            )
+            rec, model, grid, smp = train_and_evaluate(kind, dataset, run)
             results[dataset][kind] = rec
             grids[(dataset, kind)], samples[(dataset, kind)] = grid, smp
             models[(dataset, kind)] = model
+            nfe = [fmt(rec.get(k), ".1f", "–") for k in ("nfe_train", "nfe_test")]
             print(f"  {dataset} {kind}: test NLL {rec['test_nll']:.4f} ± {rec['test_nll_se']:.4f}"
-                  f", NFE train {_fmt(rec.get('nfe_train'))} test {_fmt(rec.get('nfe_test'))}, "
-                  f"train {rec['train_time_s']:.0f} s", flush=True)
+                  f", NFE train {nfe[0]} test {nfe[1]}, train {rec['train_time_s']:.0f} s",
+                  flush=True)
 
     C.write_combined_metrics(
         out,
@@ -649,36 +486,15 @@ def main(argv=None) -> dict:
     for k in ("kinetic", "jacobian"):
         metrics[k] = {d: v for d, v in metrics[k].items() if v}
     table = markdown_table(results, cfg, args.preset)
-    C.write_text(out / "table.md", table)
     plots = make_plots(out, cfg, results, grids, samples, models, args.seed)
     model_time = sum(
         results[d][k]["train_time_s"] + results[d][k]["eval_time_s"]
         for d in cfg["datasets"] for k in cfg["models"]
     )
-    invocation = time.perf_counter() - t_start
-    summary = {
-        "experiment": EXPERIMENT,
-        "preset": args.preset,
-        "seed": args.seed,
-        "wall_time_s": max(model_time, invocation),
-        "invocation_time_s": invocation,
-        "metrics": metrics,
-        "table": rows,
-        "table_markdown": table,
-        "paper": PAPER,
-        "plots": plots,
-        "config": cfg,
-        "notes": (
-            "test_nll: -mean log p on fresh samples, exact trace, eval tolerance. nfe_train: "
-            "mean forward NFE per sample over the last 10% of training iterations (Hutchinson "
-            "trace for FFJORD); nfe_test: mean NFE per sample of the test solves. Base of the "
-            "planar CNF/NF: N(0, 0.1 I) (std sqrt(0.1)); FFJORD: N(0, I). wall_time_s = "
-            "training and evaluation time of all models (summed over resumes), or this "
-            "invocation's time if larger."
-        ),
-    }
-    C.write_summary(out, EXPERIMENT, summary, table, plots)
-    return summary
+    return run.finish(
+        max(model_time, run.elapsed()), table, plots, metrics=metrics, table=rows, paper=PAPER,
+        notes=NOTES,
+    )
 
 
 if __name__ == "__main__":

@@ -16,15 +16,15 @@ All four models share the reference architecture of PAPER.md section 3 where it 
 The ODE state is the whole mini-batch, solved as one state with one shared step size (as in
 the paper's torchdiffeq code), so NFE is one number per batch.
 
-Run: ``python experiments/mnist.py --preset {smoke,small,paper} --out runs/mnist-<preset>``.
+Run: ``python -m experiments.mnist --preset {smoke,small,paper} --out runs/mnist-<preset>``.
 Each model trains with ``nde.training.Trainer`` in its own sub-folder (``odenet/``, ``rknet/``,
 ``resnet/``, ``mlp/``: config.json, metrics.jsonl with loss and NFE per logged step,
 eval.jsonl with test accuracy per epoch, checkpoint.eqx). The run folder gets config.json,
 metrics.jsonl (all models' training logs, tagged by model), table.md, summary.json and PNGs.
-Running the same command again resumes every model from its checkpoint, and ``--epochs N``
-trains a run on to ``N`` epochs (unless its learning rate follows the cosine schedule, which
-spans the whole run); a model whose other settings changed since is refused (the error lists
-the keys), and ``--fresh`` starts over, moving the old run folder aside to
+Running the same command again resumes every model from its checkpoint, and ``--set
+epochs=N`` trains a run on to ``N`` epochs (unless its learning rate follows the cosine
+schedule, which spans the whole run); a model whose other settings changed since is refused
+(the error lists the keys), and ``--fresh`` starts over, moving the old run folder aside to
 ``<out>.old-<timestamp>``.
 
 ``paper`` needs the full MNIST IDX files in ``$NEURALODE_MNIST_DIR``; ``small`` and ``smoke``
@@ -37,14 +37,19 @@ keeps the architecture shape for a 2-core CPU: 32 channels, Adam lr 1e-2 with co
 20 epochs, batch 64, random shifts of up to 2 pixels, the seminorm adjoint, and the last
 GroupNorm scale of the ODE field (and the last conv of each ResNet block) initialised to zero
 so that every block starts as the identity (``zero_init``). ``smoke`` is a few steps on a tiny
-subset with cheap XLA compilation, for the tests. ``--set key=value`` overrides any entry.
+subset with cheap XLA compilation, for the tests. ``--set key=value`` overrides any entry
+(``--set models=odenet,mlp`` trains only those models).
+
+The ODE block's field is ``nde.nn.BatchField(nde.nn.ConvField(...))``: the batch solved as one
+state, with the library's convolution field, whose convolutions are im2col and matrix products
+by default (``im2col``: ``"auto"`` uses them on a CPU, where XLA's convolutions are several
+times slower inside the solver's loop, and XLA's convolutions elsewhere).
 """
 
 from __future__ import annotations
 
 import json
 import pathlib
-import sys
 import time
 import warnings
 from typing import Any
@@ -56,22 +61,13 @@ import numpy as np
 import optax
 
 import neuralode as nde
-
-if not __package__:  # run as a script or loaded from its file: make the package importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import _common as C
-
-# helpers that moved to _common, still importable from this module as before
-from experiments._common import count_params, train_time
+from experiments._report import captioned_table
 
 EXPERIMENT = "mnist"
 MODELS = ("odenet", "rknet", "resnet", "mlp")
-MODEL_TITLES = {
-    "odenet": "ODE-Net (adjoint)",
-    "rknet": "RK-Net (RK4 backprop)",
-    "resnet": "ResNet (6 blocks)",
-    "mlp": "1-layer MLP",
-}
+MODEL_TITLES = {"odenet": "ODE-Net (adjoint)", "rknet": "RK-Net (RK4 backprop)",
+                "resnet": "ResNet (6 blocks)", "mlp": "1-layer MLP"}
 
 # PAPER.md section 3, Table 1.
 PAPER = {
@@ -81,99 +77,53 @@ PAPER = {
     "mlp": {"test_error": 0.0160, "params": 0.24e6, "memory": "-", "time": "-"},
 }
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # seconds: a handful of steps on a tiny subset, for the test suite
-    "smoke": dict(
-        channels=4,
-        groups=2,
-        mlp_hidden=16,
-        epochs=1,
-        batch_size=16,
-        train_subset=48,
-        test_subset=40,
-        eval_batch=20,
-        optimizer="adam",
-        lr=1e-3,
-        schedule="constant",
-        milestones=(),
-        weight_decay=0.0,
-        crop_padding=1,
-        rtol=1e-3,
-        atol=1e-3,
-        solver="bosh3",
-        seminorm=True,
-        im2col="auto",
-        zero_init=False,
-        rk_steps=1,
-        eval_every=1,
-        log_every=1,
-        checkpoint_every=2,
-        nfe_batches=1,
-        nfe_fullnorm=False,
-        allow_subset=True,
-        fast_compile=True,
-    ),
-    # minutes on a 2-core CPU, on the bundled 5000-digit subset (4000 train / 1000 test)
-    "small": dict(
-        channels=32,
-        groups=None,
-        mlp_hidden=300,
-        epochs=20,
-        batch_size=64,
-        train_subset=None,
-        test_subset=None,
-        eval_batch=250,
-        optimizer="adam",
-        lr=1e-2,
-        schedule="cosine",
-        milestones=(),
-        weight_decay=0.0,
-        crop_padding=2,
-        rtol=1e-3,
-        atol=1e-3,
-        solver="dopri5",
-        seminorm=True,
-        im2col="auto",
-        zero_init=True,
-        rk_steps=2,
-        eval_every=1,
-        log_every=5,
-        checkpoint_every=50,
-        nfe_batches=4,
-        nfe_fullnorm=True,
-        allow_subset=True,
-    ),
-    # the paper's settings (full MNIST from $NEURALODE_MNIST_DIR), for a GPU
-    "paper": dict(
-        channels=64,
-        groups=None,
-        mlp_hidden=300,
-        epochs=160,
-        batch_size=128,
-        train_subset=None,
-        test_subset=None,
-        eval_batch=1000,
-        optimizer="sgd",
-        lr=0.1,
-        schedule="step",
-        milestones=(60, 100, 140),
-        weight_decay=0.0,
-        crop_padding=4,
-        rtol=1e-3,
-        atol=1e-3,
-        solver="dopri5",
-        seminorm=False,
-        im2col="auto",
-        zero_init=False,
-        rk_steps=4,
-        eval_every=5,
-        log_every=20,
-        checkpoint_every=500,
-        nfe_batches=8,
-        nfe_fullnorm=True,
-        allow_subset=False,
-    ),
+NOTES = (
+    "Test error after the last epoch on the held-out test split. NFE-F: mean forward "
+    "evaluations per batch (the batch is one ODE state); NFE-B: backward evaluations of "
+    "the adjoint solve via the stats probe, with the seminorm and with the full norm. "
+    "Memory: XLA memory_analysis().temp_size_in_bytes of the train step's "
+    "loss-and-gradient program. "
+    "wall_time_s = training time of all models (summed over resumes) + this invocation's "
+    "evaluation time."
+)
+
+# Every setting per preset: (smoke, small, paper). smoke: seconds, a handful of steps on a tiny
+# subset, for the test suite; small: minutes on a 2-core CPU, on the bundled 5000-digit subset
+# (4000 train / 1000 test); paper: the paper's settings (full MNIST from $NEURALODE_MNIST_DIR),
+# for a GPU.
+_SETTINGS: dict[str, tuple[Any, Any, Any]] = {
+    "models": (MODELS, MODELS, MODELS),
+    "channels": (4, 32, 64),
+    "groups": (2, None, None),
+    "mlp_hidden": (16, 300, 300),
+    "epochs": (1, 20, 160),
+    "batch_size": (16, 64, 128),
+    "train_subset": (48, None, None),
+    "test_subset": (40, None, None),
+    "eval_batch": (20, 250, 1000),
+    "optimizer": ("adam", "adam", "sgd"),
+    "lr": (1e-3, 1e-2, 0.1),
+    "schedule": ("constant", "cosine", "step"),
+    "milestones": ((), (), (60, 100, 140)),
+    "weight_decay": (0.0, 0.0, 0.0),
+    "crop_padding": (1, 2, 4),
+    "rtol": (1e-3, 1e-3, 1e-3),
+    "atol": (1e-3, 1e-3, 1e-3),
+    "solver": ("bosh3", "dopri5", "dopri5"),
+    "seminorm": (True, True, False),
+    "im2col": ("auto", "auto", "auto"),
+    "zero_init": (False, True, False),
+    "rk_steps": (1, 2, 4),
+    "eval_every": (1, 1, 5),
+    "log_every": (1, 5, 20),
+    "checkpoint_every": (2, 50, 500),
+    "nfe_batches": (1, 4, 8),
+    "nfe_fullnorm": (False, True, True),
+    "allow_subset": (True, True, False),
+    "fast_compile": (True, False, False),
 }
+PRESETS = C.presets_from_columns(_SETTINGS)
+SCRIPT = C.Script(EXPERIMENT, __doc__, PRESETS, choices={"models": MODELS})
 
 SOLVERS = {"dopri5": nde.Dopri5, "tsit5": nde.Tsit5, "bosh3": nde.Bosh3}
 
@@ -224,54 +174,6 @@ class Head(eqx.Module):
         return self.linear(jnp.mean(jax.nn.relu(self.norm(h)), axis=(1, 2)))
 
 
-def _concat_conv_im2col(layer: nde.nn.ConcatConv2d, t, h):
-    """``jax.vmap(layer)(t, h)`` for a batch ``h`` (B, C, H, W), written as im2col + matmul.
-
-    Same parameters and result as ``nde.nn.ConcatConv2d`` (stride 1, no dilation, as in
-    ``ConvField``); see :class:`BatchField` for why.
-    """
-    conv = layer.conv
-    b, _, height, width = h.shape
-    tt = jnp.full((b, height, width, 1), jnp.asarray(t, h.dtype), h.dtype)
-    x = jnp.concatenate([tt, h.transpose(0, 2, 3, 1)], axis=-1)  # channels last
-    (pt, pb), (pl, pr) = conv.padding
-    kh, kw = conv.weight.shape[2:]
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
-    cols = jnp.concatenate(
-        [xp[:, i : i + ho, j : j + wo, :] for i in range(kh) for j in range(kw)], axis=-1
-    )
-    w = conv.weight.astype(h.dtype).transpose(2, 3, 1, 0).reshape(kh * kw * x.shape[-1], -1)
-    out = (cols.reshape(-1, cols.shape[-1]) @ w).reshape(b, ho, wo, -1).transpose(0, 3, 1, 2)
-    return out + conv.bias.astype(h.dtype) if conv.use_bias else out
-
-
-class BatchField(eqx.Module):
-    """``nde.nn.ConvField`` applied to a whole batch (B, C, H, W): the batch is one ODE state
-    with one shared step size, as in the paper's code.
-
-    ``im2col=True`` computes ``jax.vmap(field)`` with the field's own parameters but writes
-    its two convolutions as im2col + matmul. XLA:CPU rewrites convolutions into its fast
-    (Eigen, channels-last) kernels only outside loops; inside the solver's
-    ``while_loop``/``scan`` the convolutions of ``ConvField`` and their VJPs fall back to naive
-    kernels 5-20× slower (measured with jax 0.10.2 on CPU), while matmuls stay fast. Results
-    agree with ``jax.vmap(field)`` to float32 rounding (tested). GPUs do not need it.
-    """
-
-    field: nde.nn.ConvField
-    im2col: bool = eqx.field(static=True, default=True)
-
-    def __call__(self, t, y, args):
-        if not self.im2col:
-            return jax.vmap(self.field, in_axes=(None, 0, None))(t, y, args)
-        f = self.field
-        h = jax.nn.relu(jax.vmap(f.norm1)(y))
-        h = _concat_conv_im2col(f.conv1, t, h)
-        h = jax.nn.relu(jax.vmap(f.norm2)(h))
-        h = _concat_conv_im2col(f.conv2, t, h)
-        return jax.vmap(f.norm3)(h).astype(y.dtype)
-
-
 class ODENet(eqx.Module):
     """Downsampling → one ODE block (ODE-Net or RK-Net, by its solver) → head."""
 
@@ -287,6 +189,10 @@ class ODENet(eqx.Module):
     def features(self, x):
         """The ODE block's initial state for a batch of images."""
         return jax.vmap(self.down)(x)
+
+    def with_solve(self, **changes):
+        """A copy whose ODE block solves with other settings (``nde.nn.SolveOptions``)."""
+        return eqx.tree_at(lambda m: m.block, self, self.block.with_solve(**changes))
 
 
 class ResBlock(eqx.Module):
@@ -343,17 +249,18 @@ def make_model(name: str, cfg: dict[str, Any], key) -> eqx.Module:
         im2col = cfg["im2col"]
         if im2col == "auto":
             im2col = jax.default_backend() == "cpu"
-        field = BatchField(nde.nn.ConvField(c, groups=g, key=k_block), bool(im2col))
+        conv = nde.nn.ConvField(c, groups=g, im2col=bool(im2col), key=k_block)
+        field = nde.nn.BatchField(conv)  # the batch is one ODE state, as in the paper's code
         if name == "odenet":
-            block = nde.nn.NeuralODE(
-                field,
+            solve = nde.nn.SolveOptions(
                 solver=SOLVERS[cfg["solver"]](),
                 rtol=cfg["rtol"],
                 atol=cfg["atol"],
                 adjoint=nde.BacksolveAdjoint(seminorm=cfg["seminorm"]),
             )
         else:
-            block = nde.nn.NeuralODE(field, solver=nde.RK4(), dt0=1.0 / cfg["rk_steps"])
+            solve = nde.nn.SolveOptions(solver=nde.RK4(), dt0=1.0 / cfg["rk_steps"])
+        block = nde.nn.NeuralODE(field, solve=solve)
         model = ODENet(Downsample(c, g, key=k_down), block, Head(c, g, key=k_head))
         if cfg.get("zero_init"):  # the field starts at zero: the block starts as the identity
             w = model.block.field.field.norm3.weight
@@ -370,24 +277,6 @@ def make_model(name: str, cfg: dict[str, Any], key) -> eqx.Module:
     else:
         raise ValueError(f"unknown model {name!r}; choose from {MODELS}.")
     return _float32(model)
-
-
-def with_block_options(model: ODENet, **options) -> ODENet:
-    """A copy of an ODE-Net whose ODE block uses other solver options (e.g. ``adjoint=``)."""
-    b = model.block
-    kwargs = dict(
-        t0=b.t0,
-        t1=b.t1,
-        solver=b.solver,
-        rtol=b.rtol,
-        atol=b.atol,
-        adjoint=b.adjoint,
-        max_steps=b.max_steps,
-        dt0=b.dt0,
-        throw=b.throw,
-    )
-    kwargs.update(options)
-    return eqx.tree_at(lambda m: m.block, model, nde.nn.NeuralODE(b.field, **kwargs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,7 +455,7 @@ def measure_nfe(model, xs, ys, batch_size: int, num_batches: int, options=None,
     out: dict[str, float] = {}
     modes = (("", True), ("_fullnorm", False)) if fullnorm else (("", True),)
     for tag, seminorm in modes:
-        m = with_block_options(model, adjoint=nde.BacksolveAdjoint(seminorm=seminorm))
+        m = model.with_solve(adjoint=nde.BacksolveAdjoint(seminorm=seminorm))
         nf, nb = [], []
         for i in range(num_batches):
             idx = np.arange(i * batch_size, (i + 1) * batch_size) % len(xs)
@@ -609,7 +498,7 @@ class EpochEval:
     def __call__(self, state, metrics):
         if self.offset is None:
             start_step = state.step - 1
-            self.offset = train_time(self.metrics_path, start_step)
+            self.offset = C.train_time(self.metrics_path, start_step)
             self.records = [r for r in C.read_jsonl(self.path) if r["step"] <= start_step]
             C.write_jsonl(self.path, self.records)
         epoch, rem = divmod(state.step, self.spe)
@@ -624,35 +513,32 @@ class EpochEval:
         return False
 
 
-def train_model(name, cfg, data, out: pathlib.Path, seed: int, progress: bool = True):
+def train_model(name, data, run: C.Invocation):
     """Train (or resume) one model.
 
     Returns ``(trained model, eval records, compiled memory of the train step, seconds spent
     in fit by this call)``.
     """
+    cfg, seed = run.cfg, run.args.seed
     train_x, train_y, test_x, test_y = data
-    run_dir = out / name
+    run_dir = run.out / name
     batch_fn, spe = make_batch_fn(train_x, train_y, cfg, seed)
     num_steps = cfg["epochs"] * spe
     model = make_model(name, cfg, jax.random.fold_in(jax.random.key(seed), MODELS.index(name)))
     callback = EpochEval(run_dir, test_x, test_y, cfg, spe, num_steps)
     # The settings a resume must share. The number of epochs is the run's length, not a
-    # setting of its steps (--epochs continues a run), unless the cosine schedule spans it.
-    settings = {k: v for k, v in cfg.items() if k != "epochs" or cfg["schedule"] == "cosine"}
-    trainer = nde.training.Trainer(
-        loss_fn,
-        make_optimizer(cfg, spe),
-        batch_fn,
-        seed=seed,
-        run_dir=run_dir,
-        config={"experiment": EXPERIMENT, "model": name, **settings},
-        checkpoint_every=cfg["checkpoint_every"],
-        log_every=cfg["log_every"],
-        progress=progress,
+    # setting of its steps (--set epochs=N continues a run), unless the cosine schedule spans
+    # it; which models the invocation trains is no setting of this one.
+    settings = {
+        k: v for k, v in cfg.items()
+        if k != "models" and (k != "epochs" or cfg["schedule"] == "cosine")
+    }
+    trainer = run.trainer(
+        run_dir, loss_fn, make_optimizer(cfg, spe), batch_fn, {"model": name, **settings},
         callbacks=[callback],
     )
     print(f"[{EXPERIMENT}] {MODEL_TITLES[name]}: {num_steps} steps ({cfg['epochs']} epochs "
-          f"of {spe}), {count_params(model):,} parameters -> {run_dir}")
+          f"of {spe}), {C.count_params(model):,} parameters -> {run_dir}")
     t_compile = time.perf_counter()
     first_batch = batch_fn(0, nde.training.step_keys(seed, 0)[0])
     # compiled once, ahead of time, for XLA's memory analysis; fit reuses the executable
@@ -666,7 +552,7 @@ def train_model(name, cfg, data, out: pathlib.Path, seed: int, progress: bool = 
     if not records or records[-1]["step"] != state.step:  # e.g. finished in an earlier run
         res = evaluate(state.model, test_x, test_y, cfg["eval_batch"], compiler_options(cfg))
         rec = {"step": state.step, "epoch": state.step // spe, **res,
-               "train_time_s": train_time(run_dir / nde.training.METRICS_NAME)}
+               "train_time_s": C.train_time(run_dir / nde.training.METRICS_NAME)}
         records = [r for r in records if r["step"] < state.step] + [rec]
         C.write_jsonl(run_dir / "eval.jsonl", records)
     return state.model, records, memory, fit_time
@@ -693,22 +579,14 @@ def load_trained(run_dir, name: str = "odenet"):
 # ---------------------------------------------------------------------------------------------
 
 
-def _fmt_mib(nbytes):
-    return "–" if nbytes is None else f"{nbytes / 2**20:.1f} MiB"
-
-
 def markdown_table(metrics: dict[str, dict], preset: str) -> str:
-    lines = [
-        f"MNIST Table 1, preset `{preset}` (paper numbers in parentheses)",
-        "",
-        "| Model | Test error | Params | NFE-F | NFE-B | Train-step memory (XLA temp) "
-        "| Train time |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    rows = []
     for name in MODELS:
         if name not in metrics:
             continue
         m, p = metrics[name], PAPER[name]
+        mem = m.get("memory_temp_bytes")
+        mem = "–" if mem is None else f"{mem / 2**20:.1f} MiB"
         nfe_f = f"{m['nfe_f']:.1f}" if m.get("nfe_f") else "–"
         if m.get("nfe_b_fullnorm") is not None:
             nfe_b = f"{m['nfe_b']:.1f} (full norm {m['nfe_b_fullnorm']:.1f})"
@@ -716,14 +594,16 @@ def markdown_table(metrics: dict[str, dict], preset: str) -> str:
             nfe_b = f"{m['nfe_b']:.1f}"
         else:
             nfe_b = "–"
-        lines.append(
-            f"| {MODEL_TITLES[name]} | {100 * m['test_error']:.2f}% "
-            f"({100 * p['test_error']:.2f}%) | {m['params'] / 1e6:.3f} M "
-            f"({p['params'] / 1e6:.2f} M)"
-            f" | {nfe_f} | {nfe_b} | {_fmt_mib(m.get('memory_temp_bytes'))} ({p['memory']})"
-            f" | {m['train_time_s'] / 60:.1f} min |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append([
+            MODEL_TITLES[name],
+            f"{100 * m['test_error']:.2f}% ({100 * p['test_error']:.2f}%)",
+            f"{m['params'] / 1e6:.3f} M ({p['params'] / 1e6:.2f} M)",
+            nfe_f, nfe_b, f"{mem} ({p['memory']})", f"{m['train_time_s'] / 60:.1f} min",
+        ])
+    columns = ["Model", "Test error", "Params", "NFE-F", "NFE-B",
+               "Train-step memory (XLA temp)", "Train time"]
+    caption = f"MNIST Table 1, preset `{preset}` (paper numbers in parentheses)"
+    return captioned_table(caption, columns, rows)
 
 
 def make_plots(out: pathlib.Path, names, evals: dict[str, list[dict]]) -> list[str]:
@@ -758,47 +638,14 @@ def make_plots(out: pathlib.Path, names, evals: dict[str, list[dict]]) -> list[s
 # ---------------------------------------------------------------------------------------------
 
 
-def parse_args(argv=None):
-    parser = C.experiment_parser(__doc__.splitlines()[0], PRESETS, EXPERIMENT)
-    parser.add_argument("--models", default=",".join(MODELS),
-                        help="comma-separated subset of " + ",".join(MODELS))
-    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
-    parser.add_argument("--channels", type=int, default=None, help="override the channels")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a preset entry (JSON value), e.g. --set lr=0.01")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    cfg = dict(PRESETS[args.preset])
-    C.set_given(cfg, epochs=args.epochs, channels=args.channels)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in cfg:
-            raise SystemExit(f"--set {item}: unknown key {key!r}; keys: {', '.join(cfg)}")
-        try:
-            cfg[key] = json.loads(value)
-        except json.JSONDecodeError:
-            cfg[key] = value
-    names = C.comma_list(args.models)
-    for name in names:
-        if name not in MODELS:
-            raise SystemExit(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    out = C.run_folder(args.out, EXPERIMENT, args.preset, fresh=args.fresh)
+    run = SCRIPT.start(argv)
+    args, cfg, out = run.args, run.cfg, run.out
+    names = list(cfg["models"])
 
     train_x, train_y, test_x, test_y, source = load_data(cfg)
-    config = {
-        "experiment": EXPERIMENT,
-        "preset": args.preset,
-        "seed": args.seed,
-        "models": names,
-        "preset_config": cfg,
-        "data": {"source": source, "n_train": len(train_x), "n_test": len(test_x)},
-        **C.runtime_info(device=True),
-    }
-    C.write_json(out / "config.json", config)
+    data_info = {"source": source, "n_train": len(train_x), "n_test": len(test_x)}
+    run.write_config(device=True, models=names, data=data_info)
     print(f"[{EXPERIMENT}] preset {args.preset}: data {source} ({len(train_x)} train, "
           f"{len(test_x)} test), backend {jax.default_backend()}")
 
@@ -807,17 +654,15 @@ def main(argv=None) -> dict:
     fit_seconds = 0.0
     evals: dict[str, list[dict]] = {}
     for name in names:
-        model, records, memory, fit_time = train_model(
-            name, cfg, data, out, args.seed, progress=not args.no_progress
-        )
+        model, records, memory, fit_time = train_model(name, data, run)
         evals[name] = records
         fit_seconds += fit_time
         final = records[-1]
         m: dict[str, Any] = {
             "test_acc": final["test_acc"],
             "test_error": 1.0 - final["test_acc"],
-            "params": count_params(model),
-            "train_time_s": train_time(out / name / nde.training.METRICS_NAME),
+            "params": C.count_params(model),
+            "train_time_s": C.train_time(out / name / nde.training.METRICS_NAME),
             "steps": final["step"],
             "epochs": final["epoch"],
         }
@@ -840,33 +685,12 @@ def main(argv=None) -> dict:
     C.write_combined_metrics(out, ((out / name, {"model": name}) for name in names))
 
     table = markdown_table(metrics, args.preset)
-    C.write_text(out / "table.md", table)
     plots = make_plots(out, names, evals)
-    summary = {
-        "experiment": EXPERIMENT,
-        "preset": args.preset,
-        "seed": args.seed,
-        "wall_time_s": sum(m["train_time_s"] for m in metrics.values())
-        + (time.perf_counter() - t_start - fit_seconds),
-        "invocation_time_s": time.perf_counter() - t_start,
-        "metrics": metrics,
-        "paper": {k: PAPER[k] for k in names},
-        "plots": plots,
-        "table_markdown": table,
-        "data": config["data"],
-        "config": cfg,
-        "notes": (
-            "Test error after the last epoch on the held-out test split. NFE-F: mean forward "
-            "evaluations per batch (the batch is one ODE state); NFE-B: backward evaluations of "
-            "the adjoint solve via the stats probe, with the seminorm and with the full norm. "
-            "Memory: XLA memory_analysis().temp_size_in_bytes of the train step's "
-            "loss-and-gradient program. "
-            "wall_time_s = training time of all models (summed over resumes) + this invocation's "
-            "evaluation time."
-        ),
-    }
-    C.write_summary(out, EXPERIMENT, summary, table, plots)
-    return summary
+    return run.finish(
+        sum(m["train_time_s"] for m in metrics.values()) + run.elapsed() - fit_seconds,
+        table, plots, metrics=metrics, paper={k: PAPER[k] for k in names}, data=data_info,
+        notes=NOTES,
+    )
 
 
 if __name__ == "__main__":

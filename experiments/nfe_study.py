@@ -1,6 +1,6 @@
 """Figure 3 of Chen et al. (2018): NFE studies of a trained ODE-Net on MNIST.
 
-On the ODE-Net of an ``experiments/mnist.py`` run (``--from runs/mnist-<preset>``; if that
+On the ODE-Net of an ``experiments.mnist`` run (``--from runs/mnist-<preset>``; if that
 folder has no trained ODE-Net, one is trained first with mnist.py's same preset into
 ``<out>/mnist``), on a fixed batch of test digits solved as one ODE state:
 
@@ -14,7 +14,7 @@ folder has no trained ODE-Net, one is trained first with mnist.py's same preset 
 - (d) NFE during training, from the mnist run's ODE-Net ``metrics.jsonl`` (NFE per logged
   step) and ``eval.jsonl`` (NFE per epoch on the test set).
 
-Run: ``python experiments/nfe_study.py --preset small --from runs/mnist-small
+Run: ``python -m experiments.nfe_study --preset small --from runs/mnist-small
 --out runs/nfe_study-small``. Writes config.json, metrics.jsonl (one row per tolerance),
 summary.json and PNGs (fig3.png and one per panel). Re-running reuses the rows of completed
 tolerances when the configuration and the checkpoint are unchanged; ``--fresh`` starts over,
@@ -23,10 +23,8 @@ moving the old run folder (with an ODE-Net trained into it) aside to ``<out>.old
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pathlib
-import sys
 import time
 from typing import Any
 
@@ -36,30 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import neuralode as nde
-
-if not __package__:  # run as a script or loaded from its file: make the package importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from experiments import _common as C
+from experiments import mnist
 
 EXPERIMENT = "nfe_study"
-
-
-def _load_mnist_module():
-    """experiments/mnist.py (model definitions, data, checkpoint loading), by file path so the
-    script works without experiments/ being a package."""
-    if "experiments.mnist" in sys.modules:
-        return sys.modules["experiments.mnist"]
-    name = "_neuralode_experiments_mnist"
-    if name not in sys.modules:
-        path = pathlib.Path(__file__).resolve().with_name("mnist.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-mnist = _load_mnist_module()
 
 PAPER = {
     "a": "numerical error is controlled by the tolerance (error decreases as NFE grows)",
@@ -70,29 +48,19 @@ PAPER = {
     "nfe_b_over_f_replications": [0.78, 0.86],
 }
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        tolerances=[1e-1, 1e-2, 1e-3],
-        num_images=8,
-        reference_tol=1e-8,
-        timing_repeats=2,
-        fast_compile=True,
-    ),
-    "small": dict(
-        tolerances=[1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5],
-        num_images=128,
-        reference_tol=1e-10,
-        timing_repeats=10,
-        fast_compile=False,
-    ),
-    "paper": dict(
-        tolerances=[1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5],
-        num_images=256,
-        reference_tol=1e-10,
-        timing_repeats=20,
-        fast_compile=False,
-    ),
+_TOLERANCES = [1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]
+# Every setting per preset: (smoke, small, paper).
+_SETTINGS: dict[str, tuple[Any, Any, Any]] = {
+    "tolerances": ([1e-1, 1e-2, 1e-3], _TOLERANCES, _TOLERANCES),
+    "num_images": (8, 128, 256),
+    "reference_tol": (1e-8, 1e-10, 1e-10),
+    "timing_repeats": (2, 10, 20),
+    "fast_compile": (True, False, False),
 }
+PRESETS = C.presets_from_columns(_SETTINGS)
+FROM = dict(dest="from_dir", default=None,
+            help="mnist run folder with a trained ODE-Net (default runs/mnist-<preset>)")
+SCRIPT = C.Script(EXPERIMENT, __doc__, PRESETS, options=[("--from", FROM)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,13 +79,7 @@ def reference_solution(model, h0, tol: float, options=None):
         block64 = jax.tree.map(
             lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, model.block
         )
-        block64 = mnist.with_block_options(
-            eqx.tree_at(lambda m: m.block, model, block64),
-            solver=nde.Dopri8(),
-            rtol=tol,
-            atol=tol,
-            max_steps=100_000,
-        ).block
+        block64 = block64.with_solve(solver=nde.Dopri8(), rtol=tol, atol=tol, max_steps=100_000)
         h1, nfe = mnist.jit(_block_forward, options)(
             block64, jnp.asarray(h0, jnp.float64), None, None
         )
@@ -160,7 +122,7 @@ def measure_tolerance(model, x, y, h0, h_ref, tol: float, options=None) -> dict:
         "batch_acc": float(np.mean(np.argmax(np.asarray(logits), -1) == np.asarray(y))),
     }
     for tag, seminorm in (("", True), ("_fullnorm", False)):
-        m = mnist.with_block_options(model, adjoint=nde.BacksolveAdjoint(seminorm=seminorm))
+        m = model.with_solve(adjoint=nde.BacksolveAdjoint(seminorm=seminorm))
         loss, nfe_fb, bstats = mnist.forward_backward_nfe(m, x, y, options, rtol=rtol, atol=atol)
         row["loss"] = float(loss)
         row["nfe_b" + tag] = int(bstats[3])
@@ -273,30 +235,18 @@ def _has_trained_odenet(run_dir: pathlib.Path) -> bool:
     ).is_file()
 
 
-def parse_args(argv=None):
-    parser = C.experiment_parser(
-        __doc__.splitlines()[0], PRESETS, EXPERIMENT, progress_help="hide the tqdm bar"
-    )
-    parser.add_argument("--from", dest="from_dir", default=None,
-                        help="mnist run folder with a trained ODE-Net "
-                        "(default runs/mnist-<preset>)")
-    return parser.parse_args(argv)
-
-
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    t_start = time.perf_counter()
-    cfg = dict(PRESETS[args.preset])
+    run = SCRIPT.start(argv)
+    args, cfg, out = run.args, run.cfg, run.out
     options = mnist.compiler_options(cfg)
-    out = C.run_folder(args.out, EXPERIMENT, args.preset, fresh=args.fresh)
 
     from_dir = pathlib.Path(args.from_dir or f"runs/mnist-{args.preset}")
     trained_here = False
     if not _has_trained_odenet(from_dir):
         from_dir = out / "mnist"
         print(f"[{EXPERIMENT}] no trained ODE-Net in {args.from_dir or 'runs/mnist-' + args.preset}"
-              f"; training one with mnist.py --preset {args.preset} into {from_dir}")
-        mnist_argv = ["--preset", args.preset, "--models", "odenet", "--out", str(from_dir),
+              f"; training one with experiments.mnist --preset {args.preset} into {from_dir}")
+        mnist_argv = ["--preset", args.preset, "--set", "models=odenet", "--out", str(from_dir),
                       "--seed", str(args.seed)]
         if args.no_progress:
             mnist_argv.append("--no-progress")
@@ -310,18 +260,13 @@ def main(argv=None) -> dict:
     x, y = jnp.asarray(test_x[:n]), jnp.asarray(test_y[:n])
     h0 = mnist.jit(lambda m, x: m.features(x), options)(model, x)
 
-    config = {
-        "experiment": EXPERIMENT,
-        "preset": args.preset,
-        "seed": args.seed,
+    config = run.config(**{
         "from": str(from_dir),
         "trained_here": trained_here,
         "checkpoint_step": ckpt_step,
-        "preset_config": cfg,
         "mnist_config": mcfg,
         "data": {"source": source, "num_images": n},
-        **C.runtime_info(),
-    }
+    })
     # reuse completed rows only if nothing that determines them changed
     previous = {}
     config_path = out / "config.json"
@@ -384,32 +329,35 @@ def main(argv=None) -> dict:
     train_tol = mcfg["rtol"]
     at_train = min(rows, key=lambda r: abs(np.log(r["tol"] / train_tol)))
     errs = [r["error_rms"] for r in rows]
+    def col(key):  # one column of the per-tolerance rows
+        return [r[key] for r in rows]
+
     metrics = {
         "a_nfe_vs_error": {
-            "tol": [r["tol"] for r in rows],
-            "nfe_f": [r["nfe_f"] for r in rows],
+            "tol": col("tol"),
+            "nfe_f": col("nfe_f"),
             "error_rms": errs,
-            "error_rel": [r["error_rel"] for r in rows],
-            "batch_acc": [r["batch_acc"] for r in rows],
+            "error_rel": col("error_rel"),
+            "batch_acc": col("batch_acc"),
             "error_monotone_in_tol": bool(np.all(np.diff(errs) <= 0)),
             "log_error_vs_log_nfe_slope": _linear_fit(
-                np.log([r["nfe_f"] for r in rows]), np.log(np.maximum(errs, 1e-30))
+                np.log(col("nfe_f")), np.log(np.maximum(errs, 1e-30))
             )["slope"],
             "reference": {"solver": "Dopri8", "dtype": "float64", "tol": cfg["reference_tol"],
                           "nfe": nfe_ref},
         },
         "b_time_vs_nfe": {
-            "nfe_f": [r["nfe_f"] for r in rows],
-            "time_min_s": [r["time_min_s"] for r in rows],
-            "time_median_s": [r["time_median_s"] for r in rows],
+            "nfe_f": col("nfe_f"),
+            "time_min_s": col("time_min_s"),
+            "time_median_s": col("time_median_s"),
             "fit_min": fit,
             "fit_median": fit_median,
             "ms_per_nfe": 1e3 * fit["slope"],
         },
         "c_backward_vs_forward": {
-            "nfe_f": [r["nfe_f"] for r in rows],
-            "nfe_b_fullnorm": [r["nfe_b_fullnorm"] for r in rows],
-            "nfe_b_seminorm": [r["nfe_b"] for r in rows],
+            "nfe_f": col("nfe_f"),
+            "nfe_b_fullnorm": col("nfe_b_fullnorm"),
+            "nfe_b_seminorm": col("nfe_b"),
             "ratio_fullnorm": ratio_full,
             "ratio_seminorm": ratio_semi,
             "ratio_fullnorm_mean": float(np.mean(ratio_full)),
@@ -423,7 +371,7 @@ def main(argv=None) -> dict:
                 "ratio_seminorm": at_train["nfe_b_over_f"],
             },
             "seminorm_saving": 1.0 - float(
-                np.sum([r["nfe_b"] for r in rows]) / np.sum([r["nfe_b_fullnorm"] for r in rows])
+                np.sum(col("nfe_b")) / np.sum(col("nfe_b_fullnorm"))
             ),
         },
         "d_training": {k: v for k, v in train.items() if not isinstance(v, list)},
@@ -434,25 +382,21 @@ def main(argv=None) -> dict:
                                   ("test_error", "nfe_f", "nfe_b", "nfe_b_fullnorm")}
     plots = make_plots(out, rows, fit, train)
     (out / "training_nfe.json").write_text(json.dumps(train) + "\n")
-    summary = {
-        "experiment": EXPERIMENT,
-        "preset": args.preset,
-        "seed": args.seed,
-        "wall_time_s": time.perf_counter() - t_start,
-        "metrics": metrics,
-        "paper": PAPER,
-        "plots": plots,
-        "rows": rows,
-        "from": str(from_dir),
-        "config": cfg,
-        "notes": (
+    summary = run.summary(
+        run.elapsed(),
+        metrics=metrics,
+        paper=PAPER,
+        plots=plots,
+        rows=rows,
+        notes=(
             f"{n} test digits solved as one state (shared step size) at rtol = atol = tol. "
             "Errors are of the ODE block output against the float64 reference. Times are of "
             "the jitted float32 forward solve of the block alone on this machine's CPU (shared "
             "with other jobs: the best of the repeats is the least disturbed). NFE-B comes from "
             "the stats probe of BacksolveAdjoint at the same tolerance as the forward solve."
         ),
-    }
+        **{"from": str(from_dir)},
+    )
     C.write_json(out / "summary.json", summary)
     a, b, c, d = (metrics[k] for k in ("a_nfe_vs_error", "b_time_vs_nfe",
                                        "c_backward_vs_forward", "d_training"))

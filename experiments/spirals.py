@@ -20,16 +20,16 @@ report the RMSE, over test spirals, the 100 future times and both coordinates, a
 the headline: the paper's latent ODE numbers (0.13-0.16) lie below the data's noise level
 (std 0.3 per coordinate), so they cannot be errors against noisy targets.
 
-Run ``python experiments/spirals.py --preset {smoke,small,paper} --out runs/spirals-<preset>``;
-running the same command again resumes every part from its checkpoint; a part whose settings
-changed since its checkpoint was written is refused (``Trainer.restore`` lists the keys), and
-``--fresh`` starts over, moving the old run folder aside to ``<out>.old-<timestamp>``.
-``--set key=value`` overrides a preset entry (see ``PRESETS``), e.g. ``--set steps=500``.
+Run ``python -m experiments.spirals --preset {smoke,small,paper} --out runs/spirals-<preset>``
+from the repository root; running the same command again resumes every part from its
+checkpoint; a part whose settings changed since its checkpoint was written is refused
+(``Trainer.restore`` lists the keys), and ``--fresh`` starts over, moving the old run folder
+aside to ``<out>.old-<timestamp>``. ``--set key=value`` overrides a preset entry (see
+``PRESETS``), e.g. ``--set steps=500``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -46,28 +46,11 @@ import numpy as np
 import optax
 
 import neuralode as nde
-
-if not __package__:  # run as a script or loaded from its file: make the package importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from experiments._common import add_fresh_flag, machine_info, start_fresh
-from experiments._common import pyplot as _plt
-from experiments._common import read_json as _read_json
-from experiments._common import read_jsonl as _read_jsonl
-from experiments._common import write_json as _write_json
+from experiments import _common as C
+from experiments import _spirals_report as R
+from experiments._report import machine_info
 
 EXPERIMENT = "spirals"
-
-PAPER_TABLE = {
-    "title": "Table 2: predictive RMSE on spirals (100 time points beyond the observed ones)",
-    "columns": ["30/100", "50/100", "100/100"],
-    "rows": {
-        "RNN baseline": [0.3937, 0.3202, 0.1813],
-        "Latent ODE": [0.1642, 0.1502, 0.1346],
-    },
-}
-"""The paper's Table 2 (PAPER.md section 5)."""
-
-_PAPER_COUNTS = (30, 50, 100)
 
 _COMMON: dict[str, Any] = {
     # data (PAPER.md section 5 reference generator)
@@ -211,56 +194,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 100,
     },
 }
+SCRIPT = C.Script(EXPERIMENT, __doc__, PRESETS)
 
 
 # ---------------------------------------------------------------------------------------------
 # Small utilities
 # ---------------------------------------------------------------------------------------------
-
-
-def _parse_value(text: str, like: Any) -> Any:
-    if isinstance(like, bool):
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {text!r}")
-    if isinstance(like, list):
-        items = [x.strip() for x in text.strip("[]").split(",") if x.strip()]
-        return [_parse_item(x) for x in items]
-    if isinstance(like, int):
-        return int(text)
-    if isinstance(like, float):
-        return float(text)
-    return text
-
-
-def _parse_item(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def resolve_config(preset: str, overrides: list[str]) -> dict[str, Any]:
-    """The preset's settings with ``key=value`` overrides applied."""
-    if preset not in PRESETS:
-        raise SystemExit(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    cfg = dict(PRESETS[preset])
-    for item in overrides:
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        if key not in cfg:
-            raise SystemExit(f"--set: unknown key {key!r}; known keys: {sorted(cfg)}")
-        try:
-            cfg[key] = _parse_value(value, cfg[key])
-        except ValueError as err:
-            raise SystemExit(f"--set {key}: {err}") from None
-    cfg["preset"] = preset
-    return cfg
 
 
 def _task_key(seed: int, name: str) -> jax.Array:
@@ -482,7 +421,7 @@ class Runner:
         task_dir = self.out / name
         task_dir.mkdir(parents=True, exist_ok=True)
         timing_path = task_dir / "timing.json"
-        timing = _read_json(timing_path, {"train_time_s": 0.0, "invocations": 0})
+        timing = C.read_json(timing_path, {"train_time_s": 0.0, "invocations": 0})
         callbacks = []
         eval_every = self.cfg["eval_every"]
         if evaluate is not None and eval_every > 0:
@@ -491,7 +430,7 @@ class Runner:
             def periodic_eval(state, metrics):
                 if state.step % eval_every == 0 and state.step < steps:
                     record = {"step": state.step, **evaluate(final(state))}
-                    kept = [r for r in _read_jsonl(eval_path) if r.get("step", 0) < state.step]
+                    kept = [r for r in C.read_jsonl(eval_path) if r.get("step", 0) < state.step]
                     text = "".join(json.dumps(r) + "\n" for r in [*kept, record])
                     eval_path.write_text(text)
                     print(f"  [{name}] step {state.step}: {record}", flush=True)
@@ -526,8 +465,8 @@ class Runner:
             timing["train_time_s"] += elapsed
             timing["invocations"] += 1
             timing["loadavg_at_start"] = load
-            _write_json(timing_path, timing)
-        history = _read_jsonl(task_dir / nde.training.METRICS_NAME)
+            C.write_json(timing_path, timing)
+        history = C.read_jsonl(task_dir / nde.training.METRICS_NAME)
         last = history[-1] if history else {}
         self.tasks[name] = {
             "dir": name,
@@ -561,8 +500,8 @@ def _rnn_loss(model, batch, key):
 def _latent_predict(model, values, times, pred_ts):
     """Posterior-mean predictions; ``pred_ts`` shared ``(P,)`` or per sequence ``(B, P)``."""
     if pred_ts.ndim == 1:
-        return jax.vmap(lambda v, t: model.predict(None, v, t, None, pred_ts))(values, times)
-    return jax.vmap(lambda v, t, p: model.predict(None, v, t, None, p))(values, times, pred_ts)
+        return jax.vmap(lambda v, t: model.predict(v, t, None, pred_ts))(values, times)
+    return jax.vmap(lambda v, t, p: model.predict(v, t, None, p))(values, times, pred_ts)
 
 
 @eqx.filter_jit
@@ -572,11 +511,10 @@ def _rnn_predict(model, values, times, pred_ts):
 
 _ACTIVATIONS = {"relu": jax.nn.relu, "elu": jax.nn.elu, "tanh": jnp.tanh}
 
-_ADJOINTS = {
-    "backsolve": nde.BacksolveAdjoint,
-    "interpolated": nde.InterpolatedAdjoint,
-    "checkpoint": nde.CheckpointAdjoint,
-}
+def _solve(rtol: float, atol: float, adjoint: str = "backsolve") -> nde.nn.SolveOptions:
+    """The latent models' solver settings: Tsit5, max_steps 1024 (as the experiment always
+    used), the named gradient mode."""
+    return C.solve_options("tsit5", adjoint, rtol=rtol, atol=atol, max_steps=1024)
 
 
 def _latent_model(cfg, encoder, key, scale=1.0):
@@ -588,9 +526,7 @@ def _latent_model(cfg, encoder, key, scale=1.0):
             cfg["latent_size"],
             cfg["hidden_size"],
             cfg["field_width"],
-            rtol=cfg["rtol"],
-            atol=cfg["atol"],
-            adjoint=_ADJOINTS[cfg["encoder_adjoint"]](),
+            solve=_solve(cfg["rtol"], cfg["atol"], cfg["encoder_adjoint"]),
             key=jax.random.fold_in(key, 1),
         )
     return nde.nn.LatentODE(
@@ -603,9 +539,7 @@ def _latent_model(cfg, encoder, key, scale=1.0):
         decoder_activation=_ACTIVATIONS[cfg["decoder_activation"]],
         # The likelihood std in network units (obs_std is in data units).
         obs_std=cfg["obs_std"] / scale,
-        rtol=cfg["rtol"],
-        atol=cfg["atol"],
-        adjoint=_ADJOINTS[cfg["adjoint"]](),
+        solve=_solve(cfg["rtol"], cfg["atol"], cfg["adjoint"]),
         key=key,
     )
 
@@ -793,8 +727,7 @@ def run_poisson(runner: Runner, dtype: Any) -> dict[str, Any]:
         encoder=cfg["poisson_encoder"],
         obs_std=cfg["obs_std"],
         poisson=True,
-        rtol=cfg["poisson_rtol"],
-        atol=cfg["poisson_atol"],
+        solve=_solve(cfg["poisson_rtol"], cfg["poisson_atol"]),
         key=_task_key(seed, name),
     )
     opt = _optimizer(cfg["poisson_lr"], cfg["poisson_lr_final_frac"], steps, cfg["clip_norm"])
@@ -828,8 +761,8 @@ def run_poisson(runner: Runner, dtype: Any) -> dict[str, Any]:
                 mean,
                 t,
                 m,
-                rtol=cfg["poisson_rtol"],
-                atol=cfg["poisson_atol"],
+                # the library's former defaults of this function, kept for the same numbers
+                solve=model.solve.replace(max_steps=4096),
             )
             return rate, ll
 
@@ -868,405 +801,20 @@ def run_poisson(runner: Runner, dtype: Any) -> dict[str, Any]:
     return {"metrics": metrics, "plot": plot}
 
 
-# ---------------------------------------------------------------------------------------------
-# Plots
-# ---------------------------------------------------------------------------------------------
-
-
-def plot_extrapolation(path, data: SpiralData, spiral_out: dict, n: int) -> None:
-    """Figure 8: observations, ground truth, RNN and latent ODE predictions for a few spirals."""
-    plt = _plt()
-    idx = spiral_out["plot_idx"]
-    pl = spiral_out["plots"][n]
-    sample = data.test_samples(n)
-    obs_clean = np.asarray(data.test_obs.ys_clean)
-    fut_clean = np.asarray(data.test_future.ys_clean)
-    t_last = np.asarray(data.test_obs.ts)[-1]
-    fig, axes = plt.subplots(2, len(idx), figsize=(4 * len(idx), 7.6), squeeze=False)
-    for col, i in enumerate(idx):
-        truth = np.concatenate([obs_clean[i], fut_clean[i]])
-        vals = np.asarray(sample.values[i])
-        for row in range(2):
-            ax = axes[row, col]
-            ax.plot(truth[:, 0], truth[:, 1], color="0.6", lw=1.5, label="ground truth")
-            ax.scatter(vals[:, 0], vals[:, 1], s=9, color="k", zorder=3, label="observations")
-            ax.set_aspect("equal", adjustable="datalim")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        ax = axes[0, col]
-        if "rnn" in pl:
-            p = pl["rnn"][1][col]
-            ax.plot(p[:, 0], p[:, 1], color="tab:orange", lw=1.5, label="RNN extrapolation")
-        if "rnn_dt" in pl:
-            p = pl["rnn_dt"][1][col]
-            ax.plot(
-                p[:, 0], p[:, 1], "--", color="tab:purple", lw=1.5, label="RNN-Δt extrapolation"
-            )
-        ax = axes[1, col]
-        if "latent_ode" not in pl:
-            continue
-        grid, dense = pl["latent_ode"]
-        rec = grid[col] <= t_last
-        ax.plot(
-            dense[col, rec, 0],
-            dense[col, rec, 1],
-            color="tab:blue",
-            lw=1.8,
-            label="latent ODE reconstruction",
-        )
-        ax.plot(
-            dense[col, ~rec, 0],
-            dense[col, ~rec, 1],
-            color="tab:red",
-            lw=1.8,
-            label="latent ODE extrapolation",
-        )
-    axes[0, 0].set_ylabel("RNN baselines")
-    axes[1, 0].set_ylabel("latent ODE")
-    for row in range(2):
-        axes[row, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
-    fig.suptitle(f"Spirals, {n}/100 irregular observations: reconstruction and extrapolation")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_rmse(path, results: dict, paper: dict) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    styles = {
-        "latent_ode": ("Latent ODE", "tab:blue", "o"),
-        "odernn": ("Latent ODE (ODE-RNN encoder)", "tab:green", "s"),
-        "rnn": ("RNN", "tab:orange", "^"),
-        "rnn_dt": ("RNN-Δt", "tab:purple", "v"),
-    }
-    for kind, (label, color, marker) in styles.items():
-        if kind not in results["rmse"]:
-            continue
-        pts = sorted((int(k), v) for k, v in results["rmse"][kind].items())
-        ax.plot(*zip(*pts, strict=True), marker=marker, color=color, label=f"{label} (ours)")
-    for kind, color in (("latent_ode", "tab:blue"), ("rnn", "tab:orange")):
-        pts = sorted((int(k), v) for k, v in paper["rmse"][kind].items())
-        label = {"latent_ode": "Latent ODE", "rnn": "RNN"}[kind] + " (paper)"
-        ax.plot(*zip(*pts, strict=True), ls=":", marker="x", color=color, label=label)
-    ax.set_xlabel("observed points per trajectory (of 100)")
-    ax.set_ylabel("predictive RMSE (100 future points)")
-    ax.set_yscale("log")
-    ax.set_xticks(list(_PAPER_COUNTS))
-    ax.legend(fontsize=8)
-    ax.set_title("Table 2: extrapolation RMSE vs. number of observations")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_training(path, out: pathlib.Path, tasks: dict) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for name in tasks:
-        hist = _read_jsonl(out / name / nde.training.METRICS_NAME)
-        if not hist:
-            continue
-        steps = [h["step"] for h in hist]
-        loss = [h["loss"] for h in hist]
-        if name.startswith(("latent_ode", "odernn")):
-            axes[0].plot(steps, loss, label=name)
-            axes[2].plot(steps, [h.get("nfe", np.nan) for h in hist], label=name)
-        elif name.startswith("rnn"):
-            axes[1].plot(steps, loss, label=name)
-    axes[0].set_title("latent ODE: negative ELBO per sequence")
-    axes[0].set_yscale("symlog")
-    axes[1].set_title("RNN baselines: one-step-ahead MSE")
-    axes[1].set_yscale("log")
-    axes[2].set_title("latent ODE: forward NFE (batch max)")
-    for ax in axes:
-        ax.set_xlabel("step")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_poisson(path, plot: dict, k: int = 4) -> None:
-    plt = _plt()
-    k = min(k, len(plot["events"]))
-    fig, axes = plt.subplots(k, 1, figsize=(8, 2.0 * k), sharex=True, squeeze=False)
-    for i in range(k):
-        ax = axes[i, 0]
-        ax.plot(plot["grid"], plot["true"][i], color="k", lw=1.5, label="true rate")
-        ax.plot(
-            plot["grid"], plot["rate"][i], color="tab:red", lw=1.5, label="learned rate λ(z(t))"
-        )
-        ev = plot["events"][i]
-        ax.plot(ev, np.zeros_like(ev), "|", color="tab:blue", ms=12, label="events")
-        ax.set_ylabel("rate")
-    axes[0, 0].legend(fontsize=8, ncol=3, loc="upper right")
-    axes[-1, 0].set_xlabel("t")
-    fig.suptitle("Latent ODE with a Poisson-process likelihood: learned vs. true event rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry point
-# ---------------------------------------------------------------------------------------------
-
-
-_PLOT_CAPTIONS = {
-    "figure8_extrapolation": "Figure 8 analogue, {n}/100 observations: test spirals with their "
-    "irregular noisy observations, the ground truth, the RNN baselines' extrapolations (top) "
-    "and the latent ODE's reconstruction and extrapolation (bottom)",
-    "rmse_vs_observations.png": "Table 2 as a plot: extrapolation RMSE against the number of "
-    "observations, ours and the paper's",
-    "training_curves.png": "Training curves: latent ODE negative ELBO, RNN one-step-ahead MSE and "
-    "the latent ODE's forward NFE",
-    "poisson_rate.png": "Poisson-process latent ODE: learned rate λ(z(t)) against the true rate on "
-    "test sequences, with their events",
-}
-
-
-def _caption(name: str) -> str:
-    if name.startswith("figure8_extrapolation_n"):
-        n = name.removeprefix("figure8_extrapolation_n").removesuffix(".png")
-        return _PLOT_CAPTIONS["figure8_extrapolation"].format(n=n)
-    return _PLOT_CAPTIONS.get(name, name)
-
-
-def _paper_dict() -> dict[str, Any]:
-    rows = PAPER_TABLE["rows"]
-    return {
-        "table": "Table 2",
-        "rmse": {
-            "latent_ode": dict(zip(map(str, _PAPER_COUNTS), rows["Latent ODE"], strict=True)),
-            "rnn": dict(zip(map(str, _PAPER_COUNTS), rows["RNN baseline"], strict=True)),
-        },
-    }
-
-
-def _fmt(x: Any) -> str:
-    return "—" if x is None else f"{x:.4f}"
-
-
-def _tables(results: dict, poisson: dict | None, counts: list[int]) -> list[dict]:
-    cols = [f"{n}/100" for n in _PAPER_COUNTS]
-    paper = PAPER_TABLE["rows"]
-
-    def row(label, kind, key="rmse"):
-        vals = results[key].get(kind, {})
-        return [label, *[_fmt(vals.get(str(n))) for n in _PAPER_COUNTS]]
-
-    tables = [
-        {
-            "title": "Table 2: predictive RMSE on 100 future points (against the clean spiral)",
-            "columns": ["model", *cols],
-            "rows": [
-                ["RNN baseline (paper)", *[f"{v:.4f}" for v in paper["RNN baseline"]]],
-                ["Latent ODE (paper)", *[f"{v:.4f}" for v in paper["Latent ODE"]]],
-                row("RNN (ours)", "rnn"),
-                row("RNN with time-delta inputs (ours)", "rnn_dt"),
-                row("Latent ODE (ours)", "latent_ode"),
-                row("Latent ODE, ODE-RNN encoder (ours)", "odernn"),
-            ],
-        },
-        {
-            "title": "The same predictions against the noisy observations (noise std 0.3)",
-            "columns": ["model", *cols],
-            "rows": [
-                row("RNN (ours)", "rnn", "rmse_noisy"),
-                row("RNN with time-delta inputs (ours)", "rnn_dt", "rmse_noisy"),
-                row("Latent ODE (ours)", "latent_ode", "rmse_noisy"),
-                row("Latent ODE, ODE-RNN encoder (ours)", "odernn", "rmse_noisy"),
-            ],
-        },
-    ]
-    breakdown = []
-    for kind, label in (
-        ("latent_ode", "Latent ODE"),
-        ("odernn", "Latent ODE, ODE-RNN encoder"),
-        ("rnn", "RNN"),
-        ("rnn_dt", "RNN with time-delta inputs"),
-    ):
-        if kind in results["rmse"]:
-            inside = results["rmse_future_inside_training_range"][kind]
-            beyond = results["rmse_future_beyond_training_range"][kind]
-            breakdown.append(
-                [
-                    label,
-                    *[
-                        f"{_fmt(inside.get(str(n)))} / {_fmt(beyond.get(str(n)))}"
-                        for n in _PAPER_COUNTS
-                    ],
-                ]
-            )
-    # Only informative when some test futures run beyond the training windows (objective
-    # "reconstruct" with the reference windows); with extrapolation training all are inside.
-    any_beyond = any(
-        v is not None
-        for per_kind in results["rmse_future_beyond_training_range"].values()
-        for v in per_kind.values()
-    )
-    if any_beyond:
-        tables.append(
-            {
-                "title": "RMSE split by test spirals whose future stays inside / runs beyond the "
-                "part of the spiral covered by training windows",
-                "columns": ["model", *cols],
-                "rows": breakdown,
-            }
-        )
-    if poisson is not None:
-        m = poisson
-        tables.append(
-            {
-                "title": "Poisson-process latent ODE on synthetic events (test sequences)",
-                "columns": ["quantity", "value"],
-                "rows": [
-                    ["rate RMSE (learned vs. true λ(t))", f"{m['rate_rmse']:.4f}"],
-                    ["rate RMSE / mean true rate", f"{m['rate_rmse_relative']:.4f}"],
-                    ["correlation of learned and true rate", f"{m['rate_corr']:.4f}"],
-                    ["test log-likelihood per sequence, model", f"{m['test_loglik_model']:.3f}"],
-                    ["... with the true rate", f"{m['test_loglik_true_rate']:.3f}"],
-                    ["... homogeneous Poisson (MLE rate)", f"{m['test_loglik_homogeneous']:.3f}"],
-                ],
-            }
-        )
-    return tables
-
-
-def _notes(cfg: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
-    if cfg["objective"] == "extrapolate":
-        train_desc = (
-            "200-point windows starting in [100, 300) like the test spirals (disjoint "
-            "draws); the latent ODE's recognition network reads n irregular points of the "
-            "first 100 and the likelihood scores those n points and the 100 after them "
-            "(the extrapolation objective of Rubanova et al. 2019), the RNNs train one step "
-            "ahead on the same n + 100 points"
-        )
-    else:
-        train_desc = {
-            "reference": "the observed halves of 200-point windows starting in [100, 300) (the "
-            "reference code's windows), so the future of a test spiral that starts late runs up "
-            "to 100 points beyond anything seen in training",
-            "full": "make_spirals' default 100-point windows starting in [100, 400), which cover "
-            "every test future",
-        }[cfg["train_windows"]]
-    notes = [
-        "Metric: RMSE = sqrt(mean squared error) over the held-out test spirals, the 100 time "
-        "points after each observed 100-point window and both coordinates. 'rmse' is against "
-        "the clean spiral (the headline, comparable with the paper: its latent ODE numbers lie "
-        "below the noise std 0.3, so they cannot be errors against noisy targets; the reference "
-        "code run as released gives 0.3-0.4 against noisy data, torchdiffeq issue #117); "
-        "'rmse_noisy' is against the noisy samples. Predictions use the posterior mean of z0"
-        + (
-            " and the Polyak-averaged parameters (param_average, decay "
-            f"{cfg['ema_decay']:g})."
-            if cfg["ema_decay"] > 0
-            else "."
-        ),
-        f"Data: {cfg['num_spirals'] - cfg['num_test']} training and {cfg['num_test']} test "
-        f"spirals, noise std {cfg['noise_std']}; training windows are {train_desc}. Each model "
-        "of a given n reads the same n irregular noisy test observations (drawn without "
-        "replacement from the first 100 points)"
-        + (
-            "; training spirals get a fresh irregular subsample every step."
-            if cfg["resample"]
-            else "; training spirals keep one fixed irregular subsample."
-        ),
-        "Spiral orientation as in the paper's code (make_spirals(reverse_clockwise=True)): both "
-        "families rotate counter-clockwise, one spirals outwards (radius 1.1 to 5.7), the other "
-        "inwards."
-        if cfg["reference_orientation"]
-        else "Spirals use make_spirals' default (truly clockwise) orientation.",
-        (
-            "Inputs and outputs of the networks are standardised with the training data's mean "
-            "and std (predictions mapped back, likelihood std scaled to match). "
-            if cfg["normalize"]
-            else ""
-        )
-        + f"Models: latent ODE with the {cfg['encoder']!r} recognition network "
-        f"({cfg['hidden_size']} units), {cfg['latent_size']}-D latent state, dynamics MLP "
-        f"{cfg['field_width']} units, decoder {cfg['decoder_width']} units "
-        f"({cfg['decoder_activation']}), likelihood std "
-        f"{cfg['obs_std']}, Tsit5 rtol {cfg['rtol']:g} atol {cfg['atol']:g}, "
-        f"{cfg['adjoint']} adjoint; Adam lr {cfg['lr']:g}"
-        + (
-            f" with cosine decay to {cfg['lr'] * cfg['lr_final_frac']:g}"
-            if cfg["lr_final_frac"] < 1
-            else ""
-        )
-        + f", batch {cfg['batch']}, {cfg['steps']} steps per observation count. RNN baselines: "
-        f"GRU ({cfg['rnn_hidden']} units) trained one step ahead, extrapolating by feeding back "
-        f"its predictions, {cfg['rnn_steps']} steps of batch {cfg['rnn_batch']}. ODE-RNN "
-        f"variant: {cfg['odernn_steps']} steps of batch {cfg['odernn_batch'] or cfg['batch']}, "
-        f"its encoder's solves differentiated with the {cfg['encoder_adjoint']} adjoint.",
-        "wall_time_s sums the wall time of the invocations on this run folder that trained "
-        "something (an interrupted invocation that never finished is not timed; one that "
-        "only re-evaluated a finished run is not counted); invocation_time_s is the last "
-        "invocation; train_time_total_s sums the training time of every part; "
-        "invocations.json lists them all.",
-    ]
-    inside = metrics.get("rmse_future_inside_training_range", {}).get("latent_ode", {})
-    beyond = metrics.get("rmse_future_beyond_training_range", {}).get("latent_ode", {})
-    if inside and any(v is not None for v in beyond.values()):
-        counts = sorted(inside, key=int)
-        notes.append(
-            "Where the latent ODE's error comes from (n = "
-            + "/".join(counts)
-            + "): test spirals whose 100 future points stay inside the stretch of spiral that "
-            "training windows cover give RMSE "
-            + "/".join(_fmt(inside[n]) for n in counts)
-            + "; those whose future runs beyond it give "
-            + "/".join(_fmt(beyond[n]) for n in counts)
-            + ". Extrapolating the outward spiral to radii that no training window reaches "
-            "dominates the error."
-        )
-    for n, check in metrics.get("checks", {}).items():
-        notes.append(
-            f"n = {n}: latent ODE below both RNNs: {check['latent_ode_beats_rnns']}; at or "
-            f"below the paper's latent ODE RMSE: {check['latent_ode_at_or_below_paper']}."
-        )
-    return notes
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Table 2 of the Neural ODE paper: latent ODE vs. RNN on irregular spirals."
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    parser.add_argument("--out", default=None, help="run folder (default runs/spirals-<preset>)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a preset entry (repeatable), e.g. --set steps=200",
-    )
-    add_fresh_flag(parser)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the experiment; returns the summary (also written to ``<out>/summary.json``)."""
-    args = build_parser().parse_args(argv)
-    cfg = resolve_config(args.preset, args.overrides)
-    out = pathlib.Path(args.out or f"runs/{EXPERIMENT}-{args.preset}")
-    if args.fresh:
-        start_fresh(out)
-    out.mkdir(parents=True, exist_ok=True)
+    run = SCRIPT.start(argv)
+    args, out = run.args, run.out
+    cfg = {**run.cfg, "preset": args.preset}
     if cfg["x64"]:
         jax.config.update("jax_enable_x64", True)
     dtype = jnp.asarray(0.0).dtype
     t_start = time.perf_counter()
     # Wall time over every invocation of this run folder (a resumed run adds up).
     inv_path = out / "invocations.json"
-    invocations = _read_json(inv_path, None)
+    invocations = C.read_json(inv_path, None)
     if not isinstance(invocations, list):
-        prev = _read_json(out / "summary.json", None)
+        prev = C.read_json(out / "summary.json", None)
         invocations = []
         if isinstance(prev, dict) and isinstance(prev.get("wall_time_s"), int | float):
             invocations.append(
@@ -1279,12 +827,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "argv": list(argv if argv is not None else sys.argv[1:]),
         }
     )
-    _write_json(inv_path, invocations)
+    C.write_json(inv_path, invocations)
     machine_start = machine_info()
-    command = "python experiments/spirals.py " + " ".join(
+    command = "python -m experiments.spirals " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    _write_json(
+    C.write_json(
         out / "config.json",
         {
             "experiment": EXPERIMENT,
@@ -1307,17 +855,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if n not in spiral_out["plots"]:
             continue
         name = f"figure8_extrapolation_n{n}.png"
-        plot_extrapolation(out / name, data, spiral_out, n)
+        R.plot_extrapolation(out / name, data, spiral_out, n)
         plots.append(name)
-    paper = _paper_dict()
+    paper = R.paper_dict()
     if results["rmse"]:
-        plot_rmse(out / "rmse_vs_observations.png", results, paper)
+        R.plot_rmse(out / "rmse_vs_observations.png", results, paper)
         plots.append("rmse_vs_observations.png")
     if runner.tasks:
-        plot_training(out / "training_curves.png", out, runner.tasks)
+        R.plot_training(out / "training_curves.png", out, runner.tasks)
         plots.append("training_curves.png")
     if poisson is not None:
-        plot_poisson(out / "poisson_rate.png", poisson["plot"])
+        R.plot_poisson(out / "poisson_rate.png", poisson["plot"])
         plots.append("poisson_rate.png")
 
     metrics: dict[str, Any] = dict(results)
@@ -1338,7 +886,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     wall = time.perf_counter() - t_start
     invocations[-1]["wall_time_s"] = round(wall, 2)
     invocations[-1]["trained"] = runner.trained
-    _write_json(inv_path, invocations)
+    C.write_json(inv_path, invocations)
     timed = [i["wall_time_s"] for i in invocations if i.get("wall_time_s") is not None]
     # The run's wall time: the invocations that trained something (re-running a finished run
     # only re-evaluates it; that invocation is reported as invocation_time_s).
@@ -1358,13 +906,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "resumed": runner.resumed,
         "metrics": metrics,
         "paper": paper,
-        "tables": _tables(results, metrics.get("poisson"), cfg["obs_counts"]),
+        "tables": R.tables(results, metrics.get("poisson"), cfg["obs_counts"]),
         "plots": plots,
-        "plot_captions": {p: _caption(p) for p in plots},
+        "plot_captions": {p: R.caption(p) for p in plots},
         "tasks": runner.tasks,
         "machine": {**machine_end, "loadavg_at_start": machine_start["loadavg"]},
         "config": cfg,
-        "notes": _notes(cfg, metrics),
+        "notes": R.notes(cfg, metrics),
     }
     with open(out / "metrics.jsonl", "w") as f:
         for name, info in runner.tasks.items():
@@ -1375,7 +923,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             + "\n"
         )
-    _write_json(out / "summary.json", summary)
+    C.write_json(out / "summary.json", summary)
     print(
         f"[{EXPERIMENT}] done in {wall:.1f} s (the run's wall time over its training "
         f"invocations: {total_wall:.1f} s); load average {machine_end['loadavg']}"

@@ -5,11 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import simpson
 from jax.flatten_util import ravel_pytree
 from jax.scipy.linalg import expm
 
 import neuralode as nde
 from neuralode import nn
+
+TIGHT = nn.SolveOptions(rtol=1e-8, atol=1e-8)
 
 # A 2-D grid for normalisation checks: the Riemann sum of a smooth, rapidly decaying density
 # on a uniform grid converges much faster than the 1% the tests ask for.
@@ -21,12 +24,6 @@ _CELL = float(_AXIS[1] - _AXIS[0]) ** 2
 
 def _mass(logp):
     return float(jnp.sum(jnp.exp(logp)) * _CELL)
-
-
-def simpson(values, ts):
-    values, ts = np.asarray(values), np.asarray(ts)
-    h = ts[1] - ts[0]
-    return h / 3 * (values[0] + values[-1] + 4 * values[1:-1:2].sum() + 2 * values[2:-1:2].sum())
 
 
 @eqx.filter_jit
@@ -41,7 +38,7 @@ def field():
 
 @pytest.fixture(scope="module")
 def cnf(field):
-    return nn.CNF(field, dim=2, trace="exact", rtol=1e-8, atol=1e-8)
+    return nn.CNF(field, dim=2, trace="exact", solve=TIGHT)
 
 
 def test_exact_trace_density_normalised(cnf):
@@ -63,7 +60,8 @@ def test_linear_field_closed_form():
     a = jnp.array([[0.3, -0.8], [0.5, -0.1]])
     t0, t1 = 0.3, 1.1
     cnf = nn.CNF(
-        Linear(a), base=nn.StandardNormal(2, scale=0.7), t0=t0, t1=t1, rtol=1e-10, atol=1e-10
+        Linear(a), base=nn.StandardNormal(2, scale=0.7), t0=t0, t1=t1,
+        solve=TIGHT.replace(rtol=1e-10, atol=1e-10),
     )
     x = jnp.array([[0.4, -1.2], [2.0, 0.5]])
 
@@ -97,7 +95,7 @@ def test_hutchinson_unbiased(cnf):
 
     kinds = ("gaussian", "rademacher")
     cnfs = [
-        nn.CNF(cnf.field, dim=2, trace="hutchinson", noise=n, rtol=1e-8, atol=1e-8) for n in kinds
+        nn.CNF(cnf.field, dim=2, trace="hutchinson", noise=n, solve=TIGHT) for n in kinds
     ]
     for kind, est in zip(kinds, estimates(cnfs), strict=True):
         mean, se = float(jnp.mean(est)), float(jnp.std(est) / np.sqrt(est.shape[0]))
@@ -117,7 +115,7 @@ def test_sample_then_log_prob_consistent(cnf):
 
 
 def test_planar_cnf_normalised():
-    cnf = nn.planar_cnf(2, 4, hyper_width=8, key=jax.random.key(4), rtol=1e-8, atol=1e-8)
+    cnf = nn.planar_cnf(2, 4, hyper_width=8, key=jax.random.key(4), solve=TIGHT)
     assert cnf.trace == "exact"
 
     @eqx.filter_jit
@@ -130,7 +128,7 @@ def test_planar_cnf_normalised():
 
 
 def test_planar_flow():
-    flow = nn.PlanarFlow(2, 4, init_scale=0.8, key=jax.random.key(6))
+    flow = nn.PlanarFlow(2, 4, init="random", init_scale=0.8, key=jax.random.key(6))
     flow = eqx.tree_at(lambda f: f.b, flow, jnp.array([0.3, -0.5, 0.2, 0.0]))
     u_hat = flow.u_hat()
     assert bool(jnp.all(jnp.sum(u_hat * flow.w, axis=1) > -1))
@@ -182,7 +180,9 @@ def test_planar_flow():
 def test_regularisers_equal_quadrature(field, trace):
     key = jax.random.key(9)
     t0, t1 = 0.0, 1.2
-    cnf = nn.CNF(field, dim=2, trace=trace, t0=t0, t1=t1, rtol=1e-11, atol=1e-11)
+    cnf = nn.CNF(
+        field, dim=2, trace=trace, t0=t0, t1=t1, solve=TIGHT.replace(rtol=1e-11, atol=1e-11)
+    )
     x = jnp.array([0.7, -0.3])
     ts = jnp.linspace(t0, t1, 201)
     eps = nn.hutchinson_noise(key, x)
@@ -214,15 +214,8 @@ def test_regulariser_gradients_flow_under_both_adjoints():
     grads = []
     for adjoint in (nde.BacksolveAdjoint(), nde.CheckpointAdjoint()):
         # Bosh3 keeps the compilation small; the extra states are solver-agnostic.
-        cnf = nn.CNF(
-            model.field,
-            dim=2,
-            trace="hutchinson",
-            solver=nde.Bosh3(),
-            adjoint=adjoint,
-            rtol=1e-10,
-            atol=1e-10,
-        )
+        solve = nn.SolveOptions(solver=nde.Bosh3(), adjoint=adjoint, rtol=1e-10, atol=1e-10)
+        cnf = nn.CNF(model.field, dim=2, trace="hutchinson", solve=solve)
 
         @eqx.filter_jit
         @eqx.filter_grad
@@ -246,9 +239,36 @@ def test_validation_errors(field, cnf):
         nn.CNF(field, dim=2, trace="approximate")
     with pytest.raises(ValueError, match="dim"):
         nn.CNF(field)
-    with pytest.raises(ValueError, match="base"):
+    with pytest.raises(TypeError, match="base"):
         nn.CNF(field, base=object())
     with pytest.raises(ValueError, match="scale"):
         nn.StandardNormal(2, scale=-1.0)
-    with pytest.raises(ValueError, match="n"):
+    with pytest.raises(ValueError, match="`n`"):
         cnf.sample(jax.random.key(0), 0)
+    with pytest.raises(TypeError, match="`n`"):
+        cnf.sample(jax.random.key(0), 2.0)
+    with pytest.raises(TypeError, match="solve"):
+        nn.CNF(field, dim=2, solve=nde.Tsit5())
+    # with_solve keeps the field, base and trace
+    loose = cnf.with_solve(rtol=1e-3)
+    assert loose.solve.rtol == 1e-3 and loose.field is cnf.field and loose.trace == cnf.trace
+
+
+def test_planar_flow_default_init_is_volume_preserving():
+    """Every layer starts with wᵀû = 0: det ∂f_k/∂z = 1 everywhere, so log q = log p_base ∘
+    f⁻¹; the plain random draw instead contracts every layer (wᵀû < 0)."""
+    key = jax.random.key(12)
+    flow = nn.PlanarFlow(2, 64, key=key)
+    random = nn.PlanarFlow(2, 64, init="random", key=key)
+    np.testing.assert_array_equal(flow.w, random.w)  # the same draw, u shifted along w
+    np.testing.assert_allclose(jnp.sum(flow.u_hat() * flow.w, axis=1), 0.0, atol=1e-12)
+    assert float(jnp.mean(jnp.sum(random.u_hat() * random.w, axis=1))) < -0.1
+    z = flow.base.sample(jax.random.key(13), 32)
+    x, logdet = flow.transform(z)
+    np.testing.assert_allclose(logdet, 0.0, atol=1e-12)
+    np.testing.assert_allclose(flow.log_prob(x), flow.base.log_prob(z), rtol=1e-9, atol=1e-9)
+    # 64 random layers make the inverse ill-conditioned: far lower densities in data space
+    data = nde.datasets.sample_circles(jax.random.key(14), 256, dtype=jnp.float64)
+    assert float(jnp.mean(flow.log_prob(data))) > float(jnp.mean(random.log_prob(data))) + 5
+    with pytest.raises(ValueError, match="init"):
+        nn.PlanarFlow(2, 4, init="zeros", key=key)

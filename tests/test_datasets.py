@@ -414,19 +414,18 @@ def test_read_idx_other_dtypes(tmp_path):
     np.testing.assert_array_equal(D.read_idx(tmp_path / "f.idx"), x)
 
 
-def test_load_mnist_truncated_file(tmp_path):
-    _write_mnist(tmp_path, gz=False)
-    path = tmp_path / "train-images-idx3-ubyte"
-    path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte.*truncated"):
-        D.load_mnist(tmp_path)
-
-
-def test_load_mnist_truncated_gzip(tmp_path):
-    _write_mnist(tmp_path, gz=True)
-    path = tmp_path / "t10k-images-idx3-ubyte.gz"
-    path.write_bytes(path.read_bytes()[:-30])
-    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz.*(truncated|corrupt)"):
+@pytest.mark.parametrize(
+    "gz, name, cut, match",
+    [
+        (False, "train-images-idx3-ubyte", 100, r"train-images-idx3-ubyte.*truncated"),
+        (True, "t10k-images-idx3-ubyte.gz", 30, r"t10k-images-idx3-ubyte\.gz.*(truncated|corrupt)"),
+    ],
+)
+def test_load_mnist_truncated_file(tmp_path, gz, name, cut, match):
+    _write_mnist(tmp_path, gz=gz)
+    path = tmp_path / name
+    path.write_bytes(path.read_bytes()[:-cut])
+    with pytest.raises(ValueError, match=match):
         D.load_mnist(tmp_path)
 
 

@@ -3,32 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
+from helpers import read_jsonl
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+from experiments import density_matching as dm
+from experiments import max_likelihood as ml
+
 SUMMARY_KEYS = {"experiment", "preset", "wall_time_s", "metrics", "paper", "plots"}
-
-
-def _load(name):
-    modname = f"_experiments_{name}"
-    if modname in sys.modules:
-        return sys.modules[modname]
-    spec = importlib.util.spec_from_file_location(modname, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[modname] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def _check_run_folder(out, summary, experiment):
@@ -39,14 +24,13 @@ def _check_run_folder(out, summary, experiment):
     assert on_disk["metrics"] == json.loads(json.dumps(summary["metrics"]))
     config = json.loads((out / "config.json").read_text())
     assert config["experiment"] == experiment and config["preset"] == "smoke"
-    assert _jsonl(out / "metrics.jsonl")
+    assert read_jsonl(out / "metrics.jsonl")
     assert summary["plots"]
     for plot in summary["plots"]:
         assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
 
 
 def test_density_matching_smoke(tmp_path):
-    dm = _load("density_matching")
     summary = dm.main(["--preset", "smoke", "--out", str(tmp_path), "--no-progress"])
     _check_run_folder(tmp_path, summary, "density_matching")
     assert {"densities.png", "loss_curves.png"} <= set(summary["plots"])
@@ -56,10 +40,10 @@ def test_density_matching_smoke(tmp_path):
         sub = tmp_path / "u1" / name
         for f in ("config.json", "metrics.jsonl", "checkpoint.eqx", "eval.json"):
             assert (sub / f).stat().st_size > 0, f"{name}/{f}"
-        logs = _jsonl(sub / "metrics.jsonl")
+        logs = read_jsonl(sub / "metrics.jsonl")
         assert [r["step"] for r in logs] == [1, 2, 3, 4]
         assert all(math.isfinite(r["loss"]) for r in logs)
-    assert all(r["nfe"] > 0 for r in _jsonl(tmp_path / "u1" / "cnf-M2" / "metrics.jsonl"))
+    assert all(r["nfe"] > 0 for r in read_jsonl(tmp_path / "u1" / "cnf-M2" / "metrics.jsonl"))
 
     # the table: loss and normaliser-corrected KL of CNF and NF per (target, M = K)
     (row,) = summary["table"]
@@ -82,7 +66,6 @@ def test_density_matching_smoke(tmp_path):
 def test_density_matching_normaliser():
     """``log Z`` of the confined ``u2`` is known in closed form: a Gaussian ridge of std 0.4
     along z1 over the window [-4, 4] plus two half-Gaussian walls of std 0.2."""
-    dm = _load("density_matching")
     length = 2 * dm.BOX + 2 * dm.WALL * math.sqrt(math.pi / 2)
     exact = math.log(length * 0.4 * math.sqrt(2 * math.pi))
     assert dm.log_normaliser("u2", 1024) == pytest.approx(exact, abs=1e-3)
@@ -96,7 +79,6 @@ def test_density_matching_normaliser():
 
 
 def test_max_likelihood_smoke(tmp_path):
-    ml = _load("max_likelihood")
     summary = ml.main(["--preset", "smoke", "--out", str(tmp_path), "--no-progress"])
     _check_run_folder(tmp_path, summary, "max_likelihood")
     assert {"densities.png", "samples.png", "cnf_flow.png", "loss_curves.png"} <= set(
@@ -107,8 +89,8 @@ def test_max_likelihood_smoke(tmp_path):
         sub = tmp_path / "circles" / name
         for f in ("config.json", "metrics.jsonl", "checkpoint.eqx", "eval.json"):
             assert (sub / f).stat().st_size > 0, f"{name}/{f}"
-        assert [r["step"] for r in _jsonl(sub / "metrics.jsonl")] == [1, 2, 3]
-    rnode_logs = _jsonl(tmp_path / "circles" / "ffjord_rnode" / "metrics.jsonl")
+        assert [r["step"] for r in read_jsonl(sub / "metrics.jsonl")] == [1, 2, 3]
+    rnode_logs = read_jsonl(tmp_path / "circles" / "ffjord_rnode" / "metrics.jsonl")
     assert all(r["nfe"] > 0 and r["kinetic"] > 0 and r["jacobian"] > 0 for r in rnode_logs)
     # with the regularisers the loss is the NLL plus positive terms
     assert all(r["loss"] > r["nll"] for r in rnode_logs)

@@ -6,53 +6,23 @@ the tests check the run folders and the summary fields the reproduction report r
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
-import sys
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
+from helpers import read_jsonl
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
-
-pytest.importorskip("matplotlib")
-
-
-def _load(name):
-    module_name = f"_test_experiments_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, EXPERIMENTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+from experiments import mnist, nfe_study
 
 
 @pytest.fixture(scope="module")
-def mnist():
-    return _load("mnist")
-
-
-@pytest.fixture(scope="module")
-def nfe_study():
-    return _load("nfe_study")
-
-
-@pytest.fixture(scope="module")
-def mnist_run(mnist, tmp_path_factory):
+def mnist_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("mnist-smoke")
     summary = mnist.main(["--preset", "smoke", "--out", str(out), "--no-progress"])
     return out, summary
 
 
-def _jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def test_mnist_smoke_writes_run_folder(mnist, mnist_run):
+def test_mnist_smoke_writes_run_folder(mnist_run):
     out, summary = mnist_run
     for name in ("config.json", "metrics.jsonl", "summary.json", "table.md"):
         assert (out / name).stat().st_size > 0, name
@@ -64,7 +34,7 @@ def test_mnist_smoke_writes_run_folder(mnist, mnist_run):
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
 
-def test_mnist_smoke_summary_has_table_fields(mnist, mnist_run):
+def test_mnist_smoke_summary_has_table_fields(mnist_run):
     out, summary = mnist_run
     assert summary["experiment"] == "mnist" and summary["preset"] == "smoke"
     assert summary["wall_time_s"] > 0
@@ -80,49 +50,45 @@ def test_mnist_smoke_summary_has_table_fields(mnist, mnist_run):
     for title in mnist.MODEL_TITLES.values():
         assert title in summary["table_markdown"]
     # every logged training step of the ODE-Net carries its forward NFE (Figure 3d needs it)
-    logs = _jsonl(out / "odenet" / "metrics.jsonl")
+    logs = read_jsonl(out / "odenet" / "metrics.jsonl")
     assert [r["step"] for r in logs] == list(range(1, len(logs) + 1))
     assert all(r["nfe"] > 0 for r in logs)
-    assert {r["model"] for r in _jsonl(out / "metrics.jsonl")} == set(mnist.MODELS)
+    assert {r["model"] for r in read_jsonl(out / "metrics.jsonl")} == set(mnist.MODELS)
 
 
-def test_mnist_rerun_resumes_without_redoing_steps(mnist, tmp_path):
-    args = ["--preset", "smoke", "--models", "mlp", "--out", str(tmp_path), "--no-progress"]
+def test_mnist_rerun_resumes_without_redoing_steps(tmp_path):
+    args = ["--preset", "smoke", "--set", "models=mlp", "--out", str(tmp_path), "--no-progress"]
     mnist.main(args)
-    first = _jsonl(tmp_path / "mlp" / "metrics.jsonl")
+    first = read_jsonl(tmp_path / "mlp" / "metrics.jsonl")
     mnist.main(args)  # finished: nothing is retrained
-    assert _jsonl(tmp_path / "mlp" / "metrics.jsonl") == first
-    summary = mnist.main(args + ["--epochs", "2"])  # continues from the checkpoint
-    steps = [r["step"] for r in _jsonl(tmp_path / "mlp" / "metrics.jsonl")]
+    assert read_jsonl(tmp_path / "mlp" / "metrics.jsonl") == first
+    summary = mnist.main(args + ["--set", "epochs=2"])  # continues from the checkpoint
+    steps = [r["step"] for r in read_jsonl(tmp_path / "mlp" / "metrics.jsonl")]
     assert steps == list(range(1, 2 * len(first) + 1))
-    assert _jsonl(tmp_path / "mlp" / "metrics.jsonl")[: len(first)] == first
+    assert read_jsonl(tmp_path / "mlp" / "metrics.jsonl")[: len(first)] == first
     assert summary["metrics"]["mlp"]["steps"] == 2 * len(first)
     # another learning rate is refused (it used to resume silently and overwrite config.json)
     stored = (tmp_path / "mlp" / "config.json").read_text()
     with pytest.raises(ValueError, match=r"Changed: lr: \S+ -> 0\.5\. .*--fresh"):
-        mnist.main(args + ["--epochs", "2", "--set", "lr=0.5"])
+        mnist.main(args + ["--set", "epochs=2", "--set", "lr=0.5"])
     assert (tmp_path / "mlp" / "config.json").read_text() == stored
 
 
-def test_im2col_field_matches_conv_field(mnist):
+def test_odenet_uses_the_library_fields_and_with_solve():
     import neuralode as nde
 
-    field = nde.nn.ConvField(8, groups=4, key=jax.random.key(0))
-    field = mnist._float32(field)
-    y = jax.random.normal(jax.random.key(1), (3, 8, 6, 6), jnp.float32)
-    fast, plain = mnist.BatchField(field, True), mnist.BatchField(field, False)
-    np.testing.assert_allclose(fast(0.3, y, None), plain(0.3, y, None), rtol=1e-5, atol=1e-5)
-
-    def loss(f):
-        return jnp.sum(jnp.sin(f(0.7, y, None)))
-
-    g_fast = jax.grad(loss)(fast)
-    g_plain = jax.grad(loss)(plain)
-    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    cfg = mnist.PRESETS["smoke"]
+    model = mnist.make_model("odenet", cfg, jax.random.key(0))
+    assert isinstance(model.block.field, nde.nn.BatchField)
+    assert isinstance(model.block.field.field, nde.nn.ConvField)
+    full = model.with_solve(adjoint=nde.BacksolveAdjoint(seminorm=False))
+    assert full.block.solve.adjoint == nde.BacksolveAdjoint(seminorm=False)
+    assert model.block.solve.adjoint == nde.BacksolveAdjoint(seminorm=cfg["seminorm"])
+    same = jax.tree.leaves(full.block.field), jax.tree.leaves(model.block.field)
+    assert all(x is y for x, y in zip(*same, strict=True))  # the same parameters
 
 
-def test_nfe_study_smoke(nfe_study, mnist_run, tmp_path):
+def test_nfe_study_smoke(mnist_run, tmp_path):
     mnist_out, _ = mnist_run
     out = tmp_path / "nfe"
     summary = nfe_study.main(
@@ -143,11 +109,11 @@ def test_nfe_study_smoke(nfe_study, mnist_run, tmp_path):
     assert all(n > 0 for n in c["nfe_b_fullnorm"] + c["nfe_b_seminorm"])
     assert c["ratio_fullnorm_mean"] > 0
     assert m["d_training"]["nfe_first_10pct"] > 0
-    assert len(_jsonl(out / "metrics.jsonl")) == len(tols)
+    assert len(read_jsonl(out / "metrics.jsonl")) == len(tols)
     assert summary["paper"]["nfe_b_over_f_replications"] == [0.78, 0.86]
 
 
-def test_nfe_study_trains_its_own_model_when_none_given(nfe_study, tmp_path):
+def test_nfe_study_trains_its_own_model_when_none_given(tmp_path):
     out = tmp_path / "nfe"
     summary = nfe_study.main(
         ["--preset", "smoke", "--from", str(tmp_path / "absent"), "--out", str(out),

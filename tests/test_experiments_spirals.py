@@ -1,24 +1,26 @@
-"""The Table 2 spirals experiment (experiments/spirals.py): smoke preset and its pieces."""
+"""The Table 2 spirals experiment (experiments.spirals): smoke preset and its pieces, and the
+configuration mechanism every experiment shares."""
 
 from __future__ import annotations
 
 import json
 import math
 import pathlib
-import sys
 
 import numpy as np
 import pytest
+from helpers import REPO_ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from experiments import reproduce, spirals  # noqa: E402
+from experiments import _common as C
+from experiments import reproduce, spirals
 
 
 def _steps(path: pathlib.Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _config(*overrides):
+    return C.resolve_config(spirals.PRESETS, "smoke", list(overrides))
 
 
 def test_smoke_preset_writes_a_complete_run(tmp_path):
@@ -86,35 +88,51 @@ def test_rerunning_a_finished_run_trains_nothing_and_gives_the_same_numbers(tmp_
     assert third["metrics"]["rmse"] != first["metrics"]["rmse"]
 
 
-def test_every_experiment_script_has_fresh():
-    from experiments import _common, density_matching, max_likelihood, mnist, nfe_study
+def test_every_experiment_has_the_same_command_line_and_presets():
+    from experiments import density_matching, max_likelihood, mnist, nfe_study
 
-    for parse in (spirals.build_parser().parse_args, density_matching.parse_args,
-                  max_likelihood.parse_args, mnist.parse_args, nfe_study.parse_args):
-        assert parse(["--fresh"]).fresh and not parse([]).fresh
-    assert _common.start_fresh(ROOT / "no-such-run-folder") is None
+    for module in (spirals, mnist, nfe_study, density_matching, max_likelihood):
+        args = module.SCRIPT.parse_args(["--fresh", "--set", "a=1", "--set", "b=2"])
+        assert args.fresh and args.overrides == ["a=1", "b=2"], module.__name__
+        assert not module.SCRIPT.parse_args([]).fresh
+        assert module.SCRIPT.parse_args([]).preset == "small"
+        assert module.SCRIPT.presets is module.PRESETS and module.SCRIPT.name == module.EXPERIMENT
+        assert set(module.PRESETS) == {"smoke", "small", "paper"}, module.__name__
+        keys = set(module.PRESETS["paper"])
+        for name, preset in module.PRESETS.items():
+            assert set(preset) == keys, (module.__name__, name)
+    assert C.start_fresh(REPO_ROOT / "no-such-run-folder") is None
 
 
 def test_config_overrides_are_typed_and_validated():
-    cfg = spirals.resolve_config(
-        "smoke", ["steps=7", "lr=0.5", "obs_counts=30,50", "parts=rnn", "resample=false"]
-    )
+    cfg = _config("steps=7", "lr=0.5", "obs_counts=30,50", "parts=rnn", "resample=false")
     assert cfg["steps"] == 7 and cfg["lr"] == 0.5 and cfg["obs_counts"] == [30, 50]
     assert cfg["parts"] == ["rnn"] and cfg["resample"] is False
+    with pytest.raises(SystemExit, match="unknown key 'no_such_key'"):
+        _config("no_such_key=1")
+    with pytest.raises(SystemExit, match="steps"):
+        _config("steps=many")
+    with pytest.raises(SystemExit, match="key=value"):
+        _config("steps")
     with pytest.raises(SystemExit):
-        spirals.resolve_config("smoke", ["no_such_key=1"])
-    with pytest.raises(SystemExit):
-        spirals.resolve_config("nonexistent", [])
+        C.resolve_config(spirals.PRESETS, "nonexistent", [])
+    # Typed by the preset's value: tuples stay tuples, None accepts any type, strings stay
+    # strings unless true/false, none is None everywhere.
+    from experiments import density_matching, mnist
 
-
-def test_every_preset_has_the_same_keys():
-    keys = set(spirals.PRESETS["paper"])
-    for name, preset in spirals.PRESETS.items():
-        assert set(preset) == keys, name
+    dm = C.resolve_config(density_matching.PRESETS, "smoke", ["sizes=2,8", "targets=u1,u3"])
+    assert dm["sizes"] == (2, 8) and dm["targets"] == ("u1", "u3")
+    mn = C.resolve_config(
+        mnist.PRESETS, "small",
+        ["groups=4", "train_subset=none", "im2col=false", "milestones=3,5", "schedule=step"],
+    )
+    assert mn["groups"] == 4 and mn["train_subset"] is None and mn["im2col"] is False
+    assert mn["milestones"] == (3, 5) and mn["schedule"] == "step"
+    assert C.parse_override("[]", [1, 2]) == [] and C.parse_override("2.5", None) == 2.5
 
 
 def test_event_data_is_a_valid_padded_grid():
-    cfg = spirals.resolve_config("smoke", ["poisson_num_seqs=40"])
+    cfg = _config("poisson_num_seqs=40")
     data = spirals.make_event_data(cfg, seed=0, dtype=np.float64)
     times, mask = data["times"], data["mask"]
     assert times.shape == mask.shape and times.shape[0] == 40
@@ -189,7 +207,7 @@ def test_extrapolation_batches_read_n_points_and_score_the_future():
     import jax
     import jax.numpy as jnp
 
-    cfg = spirals.resolve_config("smoke", [])
+    cfg = _config()
     assert cfg["objective"] == "extrapolate" and cfg["normalize"]
     data = spirals.SpiralData(cfg, seed=0, dtype=jnp.float32)
     # Training windows carry the 100 points after the observed ones; standardised units.

@@ -14,13 +14,16 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import neuralode as nde
 from neuralode import odeint
-from neuralode.nn._latent import (
+from neuralode.datasets import make_spirals, subsample
+from neuralode.nn import (
     LatentODE,
     ODERNNEncoder,
     PoissonProcessLikelihood,
     RNNBaseline,
     RNNEncoder,
+    SolveOptions,
     diagonal_gaussian_kl,
     gaussian_log_likelihood,
     latent_ode_loss,
@@ -28,10 +31,8 @@ from neuralode.nn._latent import (
     rnn_baseline_loss,
 )
 
-try:
-    from neuralode.datasets import make_spirals, subsample
-except ImportError:  # pragma: no cover - the datasets module is written concurrently
-    make_spirals = subsample = None
+# The loose tolerances of latent ODE training (the models' default is odeint's 1e-6).
+LOOSE = SolveOptions(rtol=1e-3, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,44 +40,18 @@ except ImportError:  # pragma: no cover - the datasets module is written concurr
 # ---------------------------------------------------------------------------------------------
 
 
-def _tiny_spirals(key, num_spirals, num_points, total_points):
-    """Clean-room version of the paper's generator (used if neuralode.datasets is missing)."""
-    t = np.linspace(0.0, 6 * np.pi, total_points)
-    ccw = np.stack([0.3 * t * np.cos(t) + 5, 0.3 * t * np.sin(t)], -1)
-    z = 6 * np.pi + 1 - t
-    cw = np.stack([15.0 / z * np.cos(z) - 5, 15.0 / z * np.sin(z)], -1)
-    k1, k2, k3 = jax.random.split(key, 3)
-    orient = np.asarray(jax.random.permutation(k1, np.arange(num_spirals) < num_spirals // 2))
-    starts = np.asarray(jax.random.randint(k2, (num_spirals,), 0, total_points - num_points))
-    trajs = np.stack(
-        [(cw if o else ccw)[s : s + num_points] for o, s in zip(orient, starts, strict=True)]
-    )
-    noise = 0.1 * np.asarray(jax.random.normal(k3, trajs.shape, jnp.float64))
-    return jnp.asarray(t[:num_points]), jnp.asarray(trajs + noise)
-
-
 @pytest.fixture(scope="module")
 def spirals():
     """16 spirals on a shared grid of 30 points; 15 kept per spiral (irregular, masked)."""
     key_data, key_sub = jax.random.split(jax.random.key(0))
-    if make_spirals is not None:
-        data = make_spirals(
-            key_data, 16, num_points=30, total_points=100, noise_std=0.1, dtype=jnp.float64
-        )
-        ts, ys = data.ts, data.ys
-    else:
-        ts, ys = _tiny_spirals(key_data, 16, 30, 100)
+    data = make_spirals(
+        key_data, 16, num_points=30, total_points=100, noise_std=0.1, dtype=jnp.float64
+    )
     # Irregular subsample: 15 of the 30 points of each spiral, without replacement.
-    u = jax.random.uniform(key_sub, ys.shape[:2])
-    idx = jnp.sort(jnp.argsort(u, axis=1)[:, :15], axis=1)
-    mask = jnp.zeros(ys.shape[:2], bool).at[jnp.arange(ys.shape[0])[:, None], idx].set(True)
+    obs = subsample(key_sub, data.ts, data.ys, 15)
     return {
-        "grid": (ys, ts, mask),  # shared grid + mask
-        "irregular": (  # compact irregular sequences, per-spiral times
-            jnp.take_along_axis(ys, idx[:, :, None], axis=1),
-            ts[idx],
-            jnp.ones(idx.shape, bool),
-        ),
+        "grid": (data.ys, data.ts, obs.mask),  # shared grid + mask
+        "irregular": (obs.values, obs.times, jnp.ones(obs.times.shape, bool)),  # compact
     }
 
 
@@ -103,7 +78,7 @@ def _memoryless(encoder):
 
 def _make_encoder(kind, key):
     if kind == "odernn":
-        return ODERNNEncoder(2, 3, hidden_size=6, field_width=8, key=key)
+        return ODERNNEncoder(2, 3, hidden_size=6, field_width=8, solve=LOOSE, key=key)
     return RNNEncoder(2, 3, hidden_size=6, cell=kind, key=key)
 
 
@@ -180,7 +155,9 @@ def test_kl_closed_form_matches_quadrature():
 
 
 def test_elbo_is_loglik_minus_closed_form_kl():
-    model = LatentODE(2, 3, hidden_size=6, field_width=8, decoder_width=8, key=jax.random.key(7))
+    model = LatentODE(
+        2, 3, hidden_size=6, field_width=8, decoder_width=8, solve=LOOSE, key=jax.random.key(7)
+    )
     times = jnp.linspace(0.0, 2.0, 8)
     values = jax.random.normal(jax.random.key(8), (8, 2))
     mask = jnp.array([1, 1, 0, 1, 0, 1, 1, 1], bool)
@@ -228,7 +205,9 @@ def test_poisson_constant_rate_closed_form(link):
     # Rate network with zero output weights: λ(z) = c everywhere. Inside the latent ODE, the
     # events are the unmasked observation times on [times[0], times[-1]].
     c = 1.7
-    model = LatentODE(2, 3, hidden_size=6, field_width=8, poisson=True, key=jax.random.key(10))
+    model = LatentODE(
+        2, 3, hidden_size=6, field_width=8, poisson=True, solve=LOOSE, key=jax.random.key(10)
+    )
     model = eqx.tree_at(
         lambda m: m.poisson,
         model,
@@ -265,7 +244,8 @@ def test_poisson_integral_matches_quadrature(link):
     @eqx.filter_jit
     def run(process):
         return poisson_process_log_likelihood(
-            field, process, jnp.array([1.0, 0.0]), times, mask, rtol=1e-11, atol=1e-11
+            field, process, jnp.array([1.0, 0.0]), times, mask,
+            solve=SolveOptions(rtol=1e-11, atol=1e-11),
         )
 
     ll, zs = run(process)
@@ -319,7 +299,7 @@ def test_latent_ode_trains_on_spirals(spirals, encoder, layout, steps):
     values, times, mask = spirals[layout]
     if layout == "grid":  # 20-point shared grid, about 10 observed points per spiral
         values, times, mask = values[:, :20], times[:20], mask[:, :20]
-    model = LatentODE(2, 4, encoder=encoder, key=jax.random.key(20))
+    model = LatentODE(2, 4, encoder=encoder, solve=LOOSE, key=jax.random.key(20))
     optim, step, traces = _latent_trainer(1e-2)
     opt_state = optim.init(eqx.filter(model, eqx.is_array))
     eval_key = jax.random.key(21)
@@ -343,8 +323,8 @@ def test_latent_ode_trains_on_spirals(spirals, encoder, layout, steps):
 
     @eqx.filter_jit
     def predict(model):
-        mean = model.predict(None, v0, t0, m0, pred_times)
-        sample = model.predict(jax.random.key(3), v0, t0, m0, pred_times)
+        mean = model.predict(v0, t0, m0, pred_times)
+        sample = model.predict(v0, t0, m0, pred_times, key=jax.random.key(3))
         z_mean, _ = model.encode(v0, t0, m0)
         direct = model.decode(odeint(model.field, z_mean, pred_times, rtol=1e-3, atol=1e-4).ys)
         return mean, sample, direct
@@ -393,7 +373,9 @@ def test_rnn_baseline_trains_and_compiles_once_per_shape(spirals):
 
 def test_encoder_mask_trains_extrapolation():
     """``encoder_mask``: the encoder reads only the leading points, the likelihood scores all."""
-    model = LatentODE(2, 3, hidden_size=6, field_width=6, decoder_width=6, key=jax.random.key(3))
+    model = LatentODE(
+        2, 3, hidden_size=6, field_width=6, decoder_width=6, solve=LOOSE, key=jax.random.key(3)
+    )
     times = jnp.linspace(0.0, 2.0, 8)
     values = jnp.stack([jnp.cos(times), jnp.sin(times)], -1)
     head = jnp.arange(8) < 5
@@ -441,21 +423,25 @@ def test_odernn_encoder_honours_throw():
     """A failed between-observation solve raises with throw=True and gives NaN with False."""
     times = jnp.array([0.0, 5.0, 10.0])
     values = jnp.ones((3, 2))
-    kw = dict(hidden_size=4, field_width=4, max_steps=1, key=jax.random.key(0))
-    quiet = ODERNNEncoder(2, 3, throw=False, **kw)
+    one_step = LOOSE.replace(max_steps=1)
+    kw = dict(hidden_size=4, field_width=4, key=jax.random.key(0))
+    quiet = ODERNNEncoder(2, 3, solve=one_step.replace(throw=False), **kw)
     mean, logvar = quiet(values, times, None)
     assert np.all(np.isnan(mean)) and np.all(np.isnan(logvar))
     with pytest.raises(Exception, match="max_steps"):
-        jax.block_until_ready(ODERNNEncoder(2, 3, **kw)(values, times, None))
-    model = LatentODE(2, 3, 4, 4, 4, encoder="odernn", throw=False, max_steps=1,
+        jax.block_until_ready(ODERNNEncoder(2, 3, solve=one_step, **kw)(values, times, None))
+    model = LatentODE(2, 3, 4, 4, 4, encoder="odernn", solve=one_step.replace(throw=False),
                       key=jax.random.key(1))
-    assert model.encoder.throw is False
-    with pytest.raises(ValueError, match="`throw`"):
-        ODERNNEncoder(2, 3, throw=1, key=jax.random.key(0))
+    assert model.encoder.solve.throw is False  # the ODE-RNN shares the latent solve settings
+    assert model.with_solve(rtol=1e-5).encoder.solve.rtol == 1e-3  # ... but keeps its own
+    with pytest.raises(ValueError, match="adaptive solver"):
+        ODERNNEncoder(2, 3, solve=SolveOptions(solver=nde.RK4(), dt0=0.1), **kw)
 
 
 def test_clear_errors():
-    model = LatentODE(2, 3, hidden_size=4, field_width=4, decoder_width=4, key=jax.random.key(0))
+    model = LatentODE(
+        2, 3, hidden_size=4, field_width=4, decoder_width=4, solve=LOOSE, key=jax.random.key(0)
+    )
     key, times, values = jax.random.key(1), jnp.linspace(0, 1, 5), jnp.zeros((5, 2))
     with pytest.raises(ValueError, match="`values`"):
         model.elbo(key, jnp.zeros((5, 3)), times, None)
@@ -463,14 +449,21 @@ def test_clear_errors():
         model.elbo(key, values, times[:4], None)
     with pytest.raises(ValueError, match="`mask`"):
         model.elbo(key, values, times, jnp.ones(4, bool))
-    with pytest.raises(ValueError, match="`key`"):
+    with pytest.raises(TypeError, match="`key`"):
         model.elbo(None, values, times, None)
+    with pytest.raises(TypeError, match="floating point"):
+        model.elbo(key, jnp.zeros((5, 2), jnp.int32), times, None)
     with pytest.raises(ValueError, match="`encoder`"):
         LatentODE(2, encoder="lstm", key=key)
     with pytest.raises(ValueError, match="`obs_std`"):
         LatentODE(2, obs_std=0.0, key=key)
-    with pytest.raises(ValueError, match="`decoder_activation`"):
+    with pytest.raises(TypeError, match="`decoder_activation`"):
         LatentODE(2, decoder_activation="elu", key=key)
+    # predict takes the key as a keyword; the old order (key first) is refused clearly
+    preds = model.predict(values, times, None, times)
+    assert preds.shape == (5, 2)
+    with pytest.raises(TypeError, match="key as a keyword"):
+        model.predict(None, values, times, None, times)
     assert LatentODE(2, decoder_activation=jax.nn.elu, key=key).decoder.activation is jax.nn.elu
     with pytest.raises(ValueError, match="`link`"):
         PoissonProcessLikelihood(2, link="relu", key=key)
@@ -511,9 +504,7 @@ def test_elbo_gradient_matches_finite_differences(encoder):
         6,
         encoder=encoder,
         poisson=True,
-        rtol=1e-11,
-        atol=1e-11,
-        max_steps=4000,
+        solve=SolveOptions(rtol=1e-11, atol=1e-11, adjoint=nde.BacksolveAdjoint()),
         key=jax.random.key(2),
     )
     params, static = eqx.partition(model, eqx.is_array)
@@ -536,7 +527,8 @@ def test_odernn_masked_points_only_split_the_evolution():
     # The hidden ODE is autonomous, so evolving t2 -> t1 -> t0 through a masked t1 equals
     # evolving t2 -> t0 directly: inserting masked points does not change q(z0).
     encoder = ODERNNEncoder(
-        2, 3, hidden_size=6, field_width=8, rtol=1e-10, atol=1e-10, key=jax.random.key(1)
+        2, 3, hidden_size=6, field_width=8, solve=SolveOptions(rtol=1e-10, atol=1e-10),
+        key=jax.random.key(1),
     )
     times = jnp.array([0.0, 0.4, 1.0, 1.7, 2.5])
     values = jax.random.normal(jax.random.key(2), (5, 2))

@@ -6,18 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import fd_check, simpson
 from jax.flatten_util import ravel_pytree
 
 import neuralode as nde
 from neuralode import nn
 
-
-def simpson(values, ts):
-    """Composite Simpson's rule on an odd number of equally spaced points."""
-    values, ts = np.asarray(values), np.asarray(ts)
-    assert values.shape[0] % 2 == 1
-    h = ts[1] - ts[0]
-    return h / 3 * (values[0] + values[-1] + 4 * values[1:-1:2].sum() + 2 * values[2:-1:2].sum())
+TIGHT = nn.SolveOptions(rtol=1e-8, atol=1e-8)
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +27,13 @@ def y0():
 
 @pytest.fixture(scope="module")
 def model(field):
-    return nn.NeuralODE(field, t0=0.2, t1=1.3, rtol=1e-8, atol=1e-8)
+    return nn.NeuralODE(field, t0=0.2, t1=1.3, solve=TIGHT)
 
 
 @eqx.filter_jit
 def _solve_both_ways(model, y0, ts):
     y1, stats = model(y0, return_stats=True)
-    kw = dict(rtol=model.rtol, atol=model.atol)
+    kw = dict(rtol=model.solve.rtol, atol=model.solve.atol)
     direct = nde.odeint(model.field, y0, jnp.array([model.t0, model.t1]), **kw)
     return y1, stats, model.trajectory(y0, ts), direct, nde.odeint(model.field, y0, ts, **kw)
 
@@ -72,27 +67,15 @@ def test_compiles_once_per_shape_and_vmaps(model, y0):
         np.testing.assert_allclose(outs[0][i], single, rtol=1e-7, atol=1e-9)
 
 
-def _fd_check(loss, theta, key, h=1e-5, rtol=1e-5, n_dirs=2):
-    # One compilation serves the gradient and the finite differences.
-    value_and_grad = jax.jit(jax.value_and_grad(loss))
-    _, grad = value_and_grad(theta)
-    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.linalg.norm(grad)) > 0
-    for k in jax.random.split(key, n_dirs):
-        v = jax.random.normal(k, theta.shape, theta.dtype)
-        fd = (value_and_grad(theta + h * v)[0] - value_and_grad(theta - h * v)[0]) / (2 * h)
-        np.testing.assert_allclose(jnp.dot(grad, v), fd, rtol=rtol, atol=1e-9)
-
-
 @pytest.mark.parametrize("mode", ["backsolve", "checkpoint", "rk4"])
 def test_gradients_match_finite_differences(mode, y0):
     """Gradients of a loss on y(t1) *and* the RNODE regularisers, in float64."""
     small = nn.MLPField(2, width=3, depth=1, key=jax.random.key(1))
-    if mode == "backsolve":  # the default: Tsit5 + the paper's continuous adjoint
-        model = nn.NeuralODE(small, rtol=1e-10, atol=1e-10)
-    elif mode == "checkpoint":
-        model = nn.NeuralODE(small, rtol=1e-10, atol=1e-10, adjoint=nde.CheckpointAdjoint())
-    else:  # RK-Net: plain autodiff through the fixed steps, exact up to rounding.
-        model = nn.NeuralODE(small, solver=nde.RK4(), dt0=0.1)
+    model = nn.NeuralODE(small, solve=nn.SolveOptions(rtol=1e-10, atol=1e-10))  # checkpoint
+    if mode == "backsolve":  # Tsit5 + the paper's continuous adjoint
+        model = model.with_solve(adjoint=nde.BacksolveAdjoint())
+    elif mode == "rk4":  # RK-Net: plain autodiff through the fixed steps, exact up to rounding.
+        model = model.with_solve(solver=nde.RK4(), dt0=0.1)
     theta, unravel = ravel_pytree(eqx.filter(model, eqx.is_inexact_array))
     static = eqx.filter(model, eqx.is_inexact_array, inverse=True)
     key = jax.random.key(2)
@@ -102,12 +85,12 @@ def test_gradients_match_finite_differences(mode, y0):
         y1, regs = m(y0, regularise=True, key=key)
         return jnp.sum(y1**2) + regs["kinetic"] + regs["jacobian"]
 
-    _fd_check(loss, theta, jax.random.key(3), rtol=1e-7 if mode == "rk4" else 1e-5)
+    fd_check(loss, theta, jax.random.key(3), rtol=1e-7 if mode == "rk4" else 1e-5)
 
 
 def test_regularisers_equal_quadrature(field, y0):
     key = jax.random.key(3)
-    model = nn.NeuralODE(field, t0=0.0, t1=1.5, rtol=1e-11, atol=1e-11)
+    model = nn.NeuralODE(field, t0=0.0, t1=1.5, solve=TIGHT.replace(rtol=1e-11, atol=1e-11))
     ts = jnp.linspace(0.0, 1.5, 201)
     eps = nn.hutchinson_noise(key, y0)
 
@@ -155,9 +138,9 @@ def _train(model, steps=200, lr=3e-2):
 def test_augmented_fits_sign_flip_plain_cannot():
     k1, k2 = jax.random.split(jax.random.key(5))
     # Bosh3 and the checkpointed adjoint keep the compilation small.
-    tol = dict(rtol=1e-4, atol=1e-4, solver=nde.Bosh3(), adjoint=nde.CheckpointAdjoint())
-    plain = nn.NeuralODE(nn.MLPField(1, 16, 1, key=k1), **tol)
-    augmented = nn.Augmented(nn.NeuralODE(nn.MLPField(2, 16, 1, key=k2), **tol), augment_dim=1)
+    solve = nn.SolveOptions(solver=nde.Bosh3(), rtol=1e-4, atol=1e-4)
+    plain = nn.NeuralODE(nn.MLPField(1, 16, 1, key=k1), solve=solve)
+    augmented = nn.Augmented(nn.NeuralODE(nn.MLPField(2, 16, 1, key=k2), solve=solve), 1)
     plain_loss, _ = _train(plain)
     aug_loss, trained = _train(augmented)
     # A 1-D flow preserves order, so y(-1) <= y(1): the loss is at least 1 (both at 0).
@@ -175,25 +158,58 @@ def test_augmented_pads_and_projects():
     assert images.augment(jnp.ones((2, 4, 4))).shape == (3, 4, 4)
     with pytest.raises(ValueError, match="augment_dim"):
         nn.Augmented(node, augment_dim=0)
-    with pytest.raises(ValueError, match="node"):
+    with pytest.raises(TypeError, match="node"):
         nn.Augmented(nn.MLPField(3, 4, 1, key=jax.random.key(6)), augment_dim=1)
+    # with_solve reaches the wrapped NeuralODE
+    assert model.with_solve(rtol=1e-3).node.solve.rtol == 1e-3 and node.solve.rtol == 1e-6
 
 
 def test_validation_errors(field):
+    # One rule: TypeError for a wrong type, ValueError for a wrong value.
     with pytest.raises(ValueError, match="dt0"):
-        nn.NeuralODE(field, solver=nde.RK4())
+        nn.SolveOptions(solver=nde.RK4())
     with pytest.raises(ValueError, match="t1"):
         nn.NeuralODE(field, t0=1.0, t1=1.0)
-    with pytest.raises(ValueError, match="solver"):
-        nn.NeuralODE(field, solver="tsit5")
+    with pytest.raises(TypeError, match="solver"):
+        nn.SolveOptions(solver="tsit5")
+    with pytest.raises(TypeError, match=r"pass an instance, solver=Tsit5\(\)"):
+        nn.SolveOptions(solver=nde.Tsit5)
     with pytest.raises(ValueError, match="rtol"):
-        nn.NeuralODE(field, rtol=0.0)
-    with pytest.raises(ValueError, match="adjoint"):
-        nn.NeuralODE(field, adjoint="backsolve")
+        nn.SolveOptions(rtol=0.0)
+    with pytest.raises(TypeError, match="adjoint"):
+        nn.SolveOptions(adjoint="backsolve")
+    with pytest.raises(TypeError, match="max_steps"):
+        nn.SolveOptions(max_steps=10.0)
+    with pytest.raises(TypeError, match="throw"):
+        nn.SolveOptions(throw=1)
+    with pytest.raises(TypeError, match="solve"):
+        nn.NeuralODE(field, solve=dict(rtol=1e-3))
+    with pytest.raises(TypeError, match="unknown option.*'rtl'"):
+        nn.NeuralODE(field).with_solve(rtl=1e-3)
+    with pytest.raises(TypeError, match="field"):
+        nn.NeuralODE(None)
     with pytest.raises(ValueError, match="noise"):
         nn.NeuralODE(field, noise="uniform")
     with pytest.raises(ValueError, match="key"):
         nn.NeuralODE(field)(jnp.ones(2), regularise=True)
+
+
+def test_solve_options_defaults_are_odeints_and_with_solve_copies(field, y0):
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(nde.odeint).parameters.items()}
+    opts = nn.SolveOptions()
+    for name in ("solver", "controller", "rtol", "atol", "adjoint", "max_steps", "dt0", "throw"):
+        assert getattr(opts, name) == defaults[name], name
+    model = nn.NeuralODE(field)
+    assert model.solve == opts and hash(model.solve) == hash(nn.SolveOptions())
+    loose = model.with_solve(rtol=1e-3, atol=1e-3)
+    assert loose.solve == opts.replace(rtol=1e-3, atol=1e-3) and model.solve == opts
+    assert loose.field is model.field  # the same parameters
+    _, stats_tight = model(y0, return_stats=True)
+    _, stats_loose = loose(y0, return_stats=True)
+    assert int(stats_loose["nfe"]) < int(stats_tight["nfe"])
+    assert isinstance(model.solve.rtol, float) and nn.SolveOptions(rtol=1).rtol == 1.0
 
 
 def test_odeint_fixed_step_constant_ts_under_jit():

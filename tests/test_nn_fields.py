@@ -89,7 +89,7 @@ def test_conv_field_in_odeint():
     field = nn.ConvField(2, groups=1, key=_key(6))
     img = jax.random.normal(_key(7), (2, 4, 4))
     # A fixed-step solve keeps the compilation small; adaptive solves take the same path.
-    model = nn.NeuralODE(field, t1=0.5, solver=nde.Heun(), dt0=0.25)
+    model = nn.NeuralODE(field, t1=0.5, solve=nn.SolveOptions(solver=nde.Heun(), dt0=0.25))
     y1 = eqx.filter_jit(lambda m, y: jax.vmap(m)(y))(model, jnp.stack([img, -img]))
     assert y1.shape == (2, 2, 4, 4)
     assert bool(jnp.all(jnp.isfinite(y1)))
@@ -98,6 +98,47 @@ def test_conv_field_in_odeint():
 def test_concat_conv2d():
     conv = nn.ConcatConv2d(3, 5, key=_key(8))
     assert jax.eval_shape(conv, 0.0, jnp.ones((3, 7, 7))).shape == (5, 7, 7)
+    wide = nn.ConcatConv2d(3, 5, kernel_size=5, padding=1, key=_key(8))
+    assert jax.eval_shape(wide, 0.0, jnp.ones((3, 7, 7))).shape == (5, 5, 5)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_im2col_convolution_equals_xla_convolution(kernel_size):
+    """The default im2col + matmul form computes the XLA convolution's function (values and
+    derivatives, to rounding) with the same parameters, alone, batched and inside a solve."""
+    fast = nn.ConvField(6, groups=3, kernel_size=kernel_size, key=_key(12))
+    plain = nn.ConvField(6, groups=3, kernel_size=kernel_size, im2col=False, key=_key(12))
+    assert fast.conv1.im2col and not plain.conv1.im2col
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(a, b)  # identical parameters
+    batch = jax.random.normal(_key(13), (3, 6, 5, 7))
+    cotangent = jax.random.normal(_key(14), batch.shape)
+
+    @eqx.filter_jit
+    def run(field):
+        out, vjp = jax.vjp(lambda f, y: nn.BatchField(f)(0.4, y, None), field, batch)
+        grads = vjp(cotangent)
+        sol = nde.odeint(nn.BatchField(field), batch, jnp.array([0.0, 0.5]), rtol=1e-9, atol=1e-9)
+        return out, grads, sol.ys[-1]
+
+    for x, y in zip(jax.tree.leaves(run(fast)), jax.tree.leaves(run(plain)), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-10)
+
+
+def test_batch_field_is_one_state_with_one_step_size():
+    field = nn.MLPField(2, width=8, depth=1, key=_key(15))
+    batch = jax.random.normal(_key(16), (5, 2))
+    np.testing.assert_allclose(
+        nn.BatchField(field)(0.3, batch, None), jax.vmap(lambda y: field(0.3, y, None))(batch)
+    )
+    ts = jnp.linspace(0.0, 1.0, 3)
+    one = nde.odeint(nn.BatchField(field), batch, ts, rtol=1e-10, atol=1e-10)
+    each = jax.vmap(lambda y: nde.odeint(field, y, ts, rtol=1e-10, atol=1e-10))(batch)
+    assert one.ys.shape == (3, 5, 2) and one.stats["nfe"].shape == ()
+    assert each.stats["nfe"].shape == (5,)  # one NFE per sample when the solve is vmapped
+    np.testing.assert_allclose(one.ys, jnp.swapaxes(each.ys, 0, 1), rtol=1e-8, atol=1e-10)
+    with pytest.raises(TypeError, match="BatchField: `field`"):
+        nn.BatchField(nn.MLPField)
 
 
 def test_planar_cnf_field_divergence_is_exact():
@@ -134,6 +175,8 @@ def test_field_validation_errors():
         nn.MLPField(2, 4, 1, time="middle", key=_key(0))
     with pytest.raises(ValueError, match="width"):
         nn.MLPField(2, 0, 1, key=_key(0))
+    with pytest.raises(TypeError, match="width"):
+        nn.MLPField(2, 4.0, 1, key=_key(0))
     with pytest.raises(ValueError, match="shape"):
         nn.MLPField(2, 4, 1, key=_key(0))(0.0, jnp.ones(3), None)
     with pytest.raises(ValueError, match="groups"):

@@ -102,6 +102,27 @@ def test_public_api_only(name):
         assert match is None, f"code cell {i} uses a private name: {match.group(0)!r}"
 
 
+@pytest.mark.parametrize("name", EXPECTED)
+def test_imports_only_neuralode_and_third_party(name):
+    """No code of the repository's other folders (experiments, benchmarks, examples, tests)
+    and no import path changes: a notebook runs wherever neuralode is installed."""
+    import ast
+
+    local = {p.name for p in ROOT.iterdir() if p.is_dir() and p.name != "neuralode"}
+    for i, cell in enumerate(_code_cells(_load(name))):
+        source = _source(cell)
+        assert "sys.path" not in source and "importlib" not in source, f"code cell {i}"
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""]
+            else:
+                continue
+            for module in modules:
+                assert module.split(".")[0] not in local, f"code cell {i} imports {module}"
+
+
 def test_private_pattern():
     for bad in ["import neuralode._odeint", "from neuralode._adjoint import x",
                 "from neuralode.nn import _MLPField", "nde._solvers.RK4()", "nde.nn._latent"]:

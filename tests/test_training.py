@@ -13,30 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import (
+    OPTIMIZER,
+    REPO_ROOT,
+    assert_trees_equal,
+    child_env,
+    read_jsonl,
+)
+from helpers import make_mlp as make_model
+from helpers import regression_batch as batch_fn
+from helpers import regression_loss as loss_fn
 
 from neuralode import training
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def make_model():
-    return eqx.nn.MLP(2, 1, 8, 1, key=jax.random.key(0), dtype=jnp.float32)
-
-
-def loss_fn(model, batch, key):
-    x, y = batch
-    pred = jax.vmap(model)(x)
-    # the key matters (a noisy target), so resume must reproduce the keys too
-    y = y + 0.01 * jax.random.normal(key, y.shape, y.dtype)
-    return jnp.mean((pred - y) ** 2), {"nfe": jnp.asarray(7, jnp.int32), "vec": jnp.ones(3)}
-
-
-def batch_fn(step, key):
-    x = jax.random.normal(key, (16, 2), jnp.float32)
-    return x, jnp.sin(x[:, :1]) * jnp.cos(x[:, 1:])
-
-
-OPTIMIZER = optax.adam(1e-2)  # one object: Trainers of the same loss and optimiser share steps
 
 
 def make_trainer(run_dir, **kwargs):
@@ -46,17 +34,8 @@ def make_trainer(run_dir, **kwargs):
     return training.Trainer(loss_fn, OPTIMIZER, batch_fn, run_dir=run_dir, **kwargs)
 
 
-def assert_trees_equal(a, b):
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(la, lb, strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-        assert np.asarray(x).dtype == np.asarray(y).dtype
-
-
 def read_metrics(run_dir):
-    lines = (pathlib.Path(run_dir) / training.METRICS_NAME).read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return read_jsonl(pathlib.Path(run_dir) / training.METRICS_NAME)
 
 
 class Kill(Exception):
@@ -341,15 +320,8 @@ SHARDED_SCRIPT = textwrap.dedent(
 
 
 def test_sharded_step_matches_single_device():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env.pop("JAX_ENABLE_X64", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep
-    )
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env = child_env(XLA_FLAGS=flags.strip())
     proc = subprocess.run(
         [sys.executable, "-c", SHARDED_SCRIPT],
         env=env,

@@ -7,51 +7,38 @@ temporary file removed), and a failing sample on a forced 4-device mesh (a Pytho
 within seconds, the last good state checkpointed).
 """
 
+import functools
 import json
 import os
 import pathlib
 import re
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
+from helpers import (
+    OPTIMIZER,
+    assert_trees_equal,
+    child_env,
+    kill_when,
+    read_jsonl,
+    regression_batch,
+)
+from helpers import make_mlp as make_model
+from helpers import regression_loss as loss_fn
 
 from neuralode import training
-
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-OPTIMIZER = optax.adam(1e-2)  # one object for every test: the step compiles once
-
-
-def make_model():
-    return eqx.nn.MLP(2, 1, 8, 1, key=jax.random.key(0), dtype=jnp.float32)
-
-
-def loss_fn(model, batch, key):
-    x, y = batch
-    pred = jax.vmap(model)(x)
-    y = y + 0.01 * jax.random.normal(key, y.shape, y.dtype)
-    return jnp.mean((pred - y) ** 2), {"nfe": jnp.asarray(7, jnp.int32)}
+from neuralode.training._errors import check_error_mode
 
 
 def poisoned(bad: dict[int, float]):
     """A batch_fn whose batch at (0-based) step i has one input set to ``bad[i]``."""
-
-    def batch_fn(step, key):
-        x = jax.random.normal(key, (16, 2), jnp.float32)
-        y = jnp.sin(x[:, :1]) * jnp.cos(x[:, 1:])
-        if step in bad:
-            x = x.at[3, 0].set(bad[step])
-        return x, y
-
-    return batch_fn
+    return functools.partial(regression_batch, bad=bad)
 
 
 def make_trainer(run_dir, batch_fn=None, **kwargs):
@@ -76,20 +63,13 @@ def recorder(store):
     return callback
 
 
-def assert_trees_equal(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def like():
     model = make_model()
     return model, OPTIMIZER.init(eqx.filter(model, eqx.is_inexact_array))
 
 
 def read_metrics(run_dir):
-    lines = (pathlib.Path(run_dir) / training.METRICS_NAME).read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return read_jsonl(pathlib.Path(run_dir) / training.METRICS_NAME)
 
 
 def checkpoint_files(run_dir):
@@ -301,6 +281,7 @@ CHILD = textwrap.dedent(
     import hashlib, os, pathlib, sys, time
     import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
     from neuralode import training
+    from neuralode.training import _checkpoint
 
     mode, run_dir = sys.argv[1], pathlib.Path(sys.argv[2])
 
@@ -314,7 +295,7 @@ CHILD = textwrap.dedent(
         return x, jnp.sin(x[:, :1])
 
     if mode == "kill":  # the 4th checkpoint write hangs half-way; the parent kills us there
-        real_open, opened = training._open_new, []
+        real_open, opened = _checkpoint._open_new, []
 
         class HalfThenHang:
             def __init__(self, f):
@@ -338,7 +319,7 @@ CHILD = textwrap.dedent(
                     return HalfThenHang(f)
             return f
 
-        training._open_new = open_new
+        _checkpoint._open_new = open_new
 
     model = eqx.nn.MLP(2, 1, 8, 1, key=jax.random.key(0), dtype=jnp.float32)
     trainer = training.Trainer(loss_fn, optax.adam(1e-2), batch_fn, run_dir=run_dir,
@@ -351,19 +332,10 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child_env():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    env.pop("JAX_ENABLE_X64", None)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(
-        os.pathsep
-    )
-    return env
-
-
 def _run_child(mode, run_dir):
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, mode, str(run_dir)],
-        env=_child_env(), capture_output=True, text=True, timeout=300, check=False,
+        env=child_env(), capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
@@ -373,21 +345,13 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, "kill", str(run)],
-        env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
-    try:
-        deadline = time.monotonic() + 180
-        while not (run / "WRITING").exists():
-            assert proc.poll() is None, proc.stdout.read().decode()[-4000:]
-            assert time.monotonic() < deadline, "the checkpoint write did not start"
-            time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+    try:  # the 4th checkpoint write has begun: kill it there
+        kill_when(proc, (run / "WRITING").exists, timeout=180,
+                  output=lambda: proc.stdout.read().decode())
     finally:
-        if proc.poll() is None:
-            proc.kill()
         proc.stdout.close()
-    assert proc.returncode == -signal.SIGKILL
     temps = list(run.glob(".checkpoint.eqx.*.tmp"))
     assert len(temps) == 1, sorted(p.name for p in run.iterdir())  # the half-written file
     _, meta = training.load_checkpoint(run / training.CHECKPOINT_NAME, like())
@@ -471,10 +435,8 @@ MESH_CHILD = textwrap.dedent(
 
 
 def test_failing_sample_raises_quickly_on_one_device_and_on_a_4_device_mesh(tmp_path):
-    env = _child_env()
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env = child_env(XLA_FLAGS=flags.strip())
     proc = subprocess.run(
         [sys.executable, "-c", MESH_CHILD, str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=240, check=False,
@@ -505,11 +467,11 @@ def test_failing_sample_raises_quickly_on_one_device_and_on_a_4_device_mesh(tmp_
 def test_tpu_requires_eqx_on_error_nan(monkeypatch):
     monkeypatch.delenv("EQX_ON_ERROR", raising=False)
     with pytest.raises(RuntimeError, match="EQX_ON_ERROR=nan"):
-        training._check_error_mode({"tpu"})
+        check_error_mode({"tpu"})
     monkeypatch.setenv("EQX_ON_ERROR", "breakpoint")
     with pytest.raises(RuntimeError, match="EQX_ON_ERROR='breakpoint'"):
-        training._check_error_mode({"tpu"})
+        check_error_mode({"tpu"})
     monkeypatch.setenv("EQX_ON_ERROR", "nan")
-    training._check_error_mode({"tpu"})
+    check_error_mode({"tpu"})
     monkeypatch.delenv("EQX_ON_ERROR")
-    training._check_error_mode({"cpu", "gpu"})
+    check_error_mode({"cpu", "gpu"})

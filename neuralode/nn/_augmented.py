@@ -6,10 +6,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
+from .._checks import check_instance, check_int
 from .._solution import Solution
 from ._neural_ode import NeuralODE
-
-__all__ = ["Augmented"]
 
 
 class Augmented(eqx.Module):
@@ -40,16 +39,13 @@ class Augmented(eqx.Module):
     augment_dim: int = eqx.field(static=True)
 
     def __init__(self, node: NeuralODE, augment_dim: int):
-        if not isinstance(node, NeuralODE):
-            raise ValueError(
-                f"Augmented: `node` must be a neuralode.nn.NeuralODE, got {type(node).__name__}."
-            )
-        if isinstance(augment_dim, bool) or not isinstance(augment_dim, int) or augment_dim < 1:
-            raise ValueError(
-                f"Augmented: `augment_dim` must be a positive int, got {augment_dim!r}."
-            )
-        self.node = node
-        self.augment_dim = augment_dim
+        self.node = check_instance("Augmented", "node", node, NeuralODE, "a neuralode.nn.NeuralODE")
+        self.augment_dim = check_int("Augmented", "augment_dim", augment_dim)
+
+    def with_solve(self, **changes) -> Augmented:
+        """A copy whose :class:`NeuralODE` has other solve settings (see
+        :meth:`NeuralODE.with_solve`)."""
+        return eqx.tree_at(lambda a: a.node, self, self.node.with_solve(**changes))
 
     def augment(self, y0: Float[ArrayLike, "dim ..."]) -> Float[Array, "dim_aug ..."]:
         """``y0`` with ``augment_dim`` zeros appended along axis 0."""

@@ -22,22 +22,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-from .._adjoint import AbstractAdjoint
-from .._odeint import odeint
-from .._solvers import AbstractSolver
+from .._checks import check_callable, check_choice, check_int, check_real
 from ._fields import ConcatSquashField
-from ._neural_ode import (
-    DEFAULT_ADJOINT,
-    DEFAULT_SOLVER,
-    check_real,
-    check_solve_options,
-    concrete_times,
-    final,
-    solve_kwargs,
-)
-from ._regularisers import check_noise, hutchinson_noise, sum_squares, value_and_vjp_noise
+from ._options import SolveOptions, SolvingModule, Tolerance, check_interval, check_solve
+from ._regularisers import NOISE_KINDS, hutchinson_noise, sum_squares, value_and_vjp_noise
 
-__all__ = ["CNF", "StandardNormal", "ffjord_cnf"]
+Points = Float[ArrayLike, "*batch dim"]  # one point (D,) or a batch (N, D)
 
 
 class StandardNormal(eqx.Module):
@@ -67,13 +57,8 @@ class StandardNormal(eqx.Module):
     scale: float = eqx.field(static=True)
 
     def __init__(self, dim: int, scale: float = 1.0):
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"StandardNormal: `dim` must be a positive int, got {dim!r}.")
-        scale = check_real("StandardNormal", "scale", scale)
-        if not scale > 0:
-            raise ValueError(f"StandardNormal: `scale` must be positive, got {scale!r}.")
-        self.dim = dim
-        self.scale = scale
+        self.dim = check_int("StandardNormal", "dim", dim)
+        self.scale = check_real("StandardNormal", "scale", scale, positive=True)
 
     def log_prob(self, z: Float[Array, " dim"]) -> Float[Array, ""]:
         """Log density of one point (sum over the last axis; leading axes are batch axes)."""
@@ -143,7 +128,7 @@ def _pack_outputs(main, regs, stats, regularise, return_stats):
     return out[0] if len(out) == 1 else out
 
 
-class CNF(eqx.Module):
+class CNF(SolvingModule):
     """A continuous normalizing flow: data at ``t0``, base distribution at ``t1``.
 
     ``log_prob(x)`` solves the state and the log-density change (instantaneous change of
@@ -176,8 +161,8 @@ class CNF(eqx.Module):
         t0, t1: Integration interval (the paper's maximum-likelihood recipe: ``[0, 10]``).
         trace: ``"exact"`` or ``"hutchinson"``.
         noise: Hutchinson noise kind.
-        solver, rtol, atol, adjoint, max_steps, dt0, throw: As for
-            :class:`~neuralode.nn.NeuralODE`.
+        solve: The solver settings, :class:`~neuralode.nn.SolveOptions` (default: those of
+            :func:`neuralode.odeint`).
 
     Example:
         ```python
@@ -198,34 +183,14 @@ class CNF(eqx.Module):
     t1: float = eqx.field(static=True)
     trace: str = eqx.field(static=True)
     noise: str = eqx.field(static=True)
-    solver: AbstractSolver = eqx.field(static=True)
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    adjoint: AbstractAdjoint = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
-    dt0: float | None = eqx.field(static=True)
-    throw: bool = eqx.field(static=True)
+    solve: SolveOptions = eqx.field(static=True)
 
-    def __init__(
-        self,
-        field: Callable,
-        *,
-        base=None,
-        dim: int | None = None,
-        t0: float = 0.0,
-        t1: float = 1.0,
-        trace: Literal["exact", "hutchinson"] = "exact",
-        noise: Literal["gaussian", "rademacher"] = "gaussian",
-        solver: AbstractSolver = DEFAULT_SOLVER,
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        adjoint: AbstractAdjoint = DEFAULT_ADJOINT,
-        max_steps: int = 4096,
-        dt0: float | None = None,
-        throw: bool = True,
-    ):
-        if not callable(field):
-            raise ValueError(f"CNF: `field` must be callable as field(t, z, args), got {field!r}.")
+    def __init__(self, field: Callable, *, base=None, dim: int | None = None, t0: float = 0.0,
+                 t1: float = 1.0, trace: Literal["exact", "hutchinson"] = "exact",
+                 noise: Literal["gaussian", "rademacher"] = "gaussian",
+                 solve: SolveOptions = SolveOptions()):
+        owner = "CNF"
+        self.field = check_callable(owner, "field", field, "field(t, z, args)")
         if base is None:
             if dim is None:
                 raise ValueError("CNF: pass `dim` (for the default StandardNormal base) or `base`.")
@@ -234,34 +199,19 @@ class CNF(eqx.Module):
             getattr(base, "sample", None)
         )
         if not has_methods:
-            raise ValueError(
+            raise TypeError(
                 "CNF: `base` must have methods log_prob(z) and sample(key, n), got "
                 f"{type(base).__name__}."
             )
         base_dim = getattr(base, "dim", None)
         if dim is not None and base_dim is not None and dim != base_dim:
             raise ValueError(f"CNF: `dim` ({dim}) differs from `base.dim` ({base_dim}).")
-        if trace not in ("exact", "hutchinson"):
-            raise ValueError(f"CNF: `trace` must be 'exact' or 'hutchinson', got {trace!r}.")
-        self.field = field
         self.base = base
-        (self.t0, self.t1, self.rtol, self.atol, self.max_steps, self.dt0) = check_solve_options(
-            "CNF",
-            t0=t0,
-            t1=t1,
-            solver=solver,
-            rtol=rtol,
-            atol=atol,
-            adjoint=adjoint,
-            max_steps=max_steps,
-            dt0=dt0,
-            throw=throw,
-        )
-        self.trace = trace
-        self.noise = check_noise("CNF", noise)
-        self.solver = solver
-        self.adjoint = adjoint
-        self.throw = throw
+        self.t0, self.t1 = check_interval(owner, t0, t1)
+        self.trace = check_choice(owner, "trace", trace, ("exact", "hutchinson"))
+        self.noise = check_choice(owner, "noise", noise, NOISE_KINDS)
+        self.solve = check_solve(owner, solve)
+
 
     # ----------------------------------------------------------------------------------
 
@@ -295,7 +245,6 @@ class CNF(eqx.Module):
         """One solve of a single example: data→base (``forward``) or base→data."""
         dtype = z0.dtype
         t_start, t_end = (self.t0, self.t1) if forward else (self.t1, self.t0)
-        ts = concrete_times([t_start, t_end], dtype)
         needs_noise = self.trace == "hutchinson" and (with_logp or regularise)
         eps = hutchinson_noise(key, z0, self.noise) if needs_noise else None
         zero = jnp.zeros((), dtype)
@@ -305,8 +254,8 @@ class CNF(eqx.Module):
         if regularise:
             state = state + ({"kinetic": zero, "jacobian": zero},)
         dyn = _CNFDynamics(self.field, self.trace, with_logp, regularise)
-        sol = odeint(dyn, state, ts, (args, eps), **solve_kwargs(self, rtol, atol))
-        out = final(sol.ys)
+        sol = self.solve.odeint(dyn, state, [t_start, t_end], (args, eps), rtol=rtol, atol=atol)
+        out = jax.tree.map(lambda x: x[-1], sol.ys)
         z1 = out[0]
         ell = out[1] if with_logp else None
         regs = None
@@ -324,17 +273,9 @@ class CNF(eqx.Module):
 
     # ----------------------------------------------------------------------------------
 
-    def log_prob(
-        self,
-        x: Float[ArrayLike, "*batch dim"],
-        *,
-        key: PRNGKeyArray | None = None,
-        args: PyTree = None,
-        regularise: bool = False,
-        return_stats: bool = False,
-        rtol: float | Float[Array, ""] | None = None,
-        atol: float | Float[Array, ""] | None = None,
-    ):
+    def log_prob(self, x: Points, *, key: PRNGKeyArray | None = None, args: PyTree = None,
+                 regularise: bool = False, return_stats: bool = False, rtol: Tolerance = None,
+                 atol: Tolerance = None):
         """Log density of data points ``x`` (one ``(D,)`` or a batch ``(N, D)``).
 
         Args:
@@ -360,43 +301,24 @@ class CNF(eqx.Module):
         logp, regs, stats = self._map(single, x, key)
         return _pack_outputs((logp,), regs, stats, regularise, return_stats)
 
-    def forward(
-        self,
-        x: Float[ArrayLike, "*batch dim"],
-        *,
-        args: PyTree = None,
-        rtol: float | Float[Array, ""] | None = None,
-        atol: float | Float[Array, ""] | None = None,
-    ) -> Float[Array, "*batch dim"]:
+    def forward(self, x: Points, *, args: PyTree = None, rtol: Tolerance = None,
+                atol: Tolerance = None) -> Float[Array, "*batch dim"]:
         """Map data points (at ``t0``) to the base space (at ``t1``), without log densities."""
-        x = self._check_points("x", x)
-        return self._map(
-            lambda xi, _: self._solve(xi, True, args, None, False, False, rtol, atol)[0], x, None
-        )
+        return self._transport("x", x, True, args, rtol, atol)
 
-    def inverse(
-        self,
-        z: Float[ArrayLike, "*batch dim"],
-        *,
-        args: PyTree = None,
-        rtol: float | Float[Array, ""] | None = None,
-        atol: float | Float[Array, ""] | None = None,
-    ) -> Float[Array, "*batch dim"]:
+    def inverse(self, z: Points, *, args: PyTree = None, rtol: Tolerance = None,
+                atol: Tolerance = None) -> Float[Array, "*batch dim"]:
         """Map base-space points (at ``t1``) to data space (at ``t0``)."""
-        z = self._check_points("z", z)
+        return self._transport("z", z, False, args, rtol, atol)
+
+    def _transport(self, name, x, forward, args, rtol, atol):
+        x = self._check_points(name, x)
         return self._map(
-            lambda zi, _: self._solve(zi, False, args, None, False, False, rtol, atol)[0], z, None
+            lambda xi, _: self._solve(xi, forward, args, None, False, False, rtol, atol)[0], x, None
         )
 
-    def sample(
-        self,
-        key: PRNGKeyArray,
-        n: int,
-        *,
-        args: PyTree = None,
-        rtol: float | Float[Array, ""] | None = None,
-        atol: float | Float[Array, ""] | None = None,
-    ) -> Float[Array, "n dim"]:
+    def sample(self, key: PRNGKeyArray, n: int, *, args: PyTree = None, rtol: Tolerance = None,
+               atol: Tolerance = None) -> Float[Array, "n dim"]:
         """``n`` samples, shape ``(n, D)``: base samples integrated from ``t1`` back to ``t0``.
 
         Uses the same base draw as :meth:`sample_and_log_prob` with the same key.
@@ -405,17 +327,9 @@ class CNF(eqx.Module):
         z1 = self.base.sample(jax.random.split(key)[0], n)
         return self.inverse(z1, args=args, rtol=rtol, atol=atol)
 
-    def sample_and_log_prob(
-        self,
-        key: PRNGKeyArray,
-        n: int,
-        *,
-        args: PyTree = None,
-        regularise: bool = False,
-        return_stats: bool = False,
-        rtol: float | Float[Array, ""] | None = None,
-        atol: float | Float[Array, ""] | None = None,
-    ):
+    def sample_and_log_prob(self, key: PRNGKeyArray, n: int, *, args: PyTree = None,
+                            regularise: bool = False, return_stats: bool = False,
+                            rtol: Tolerance = None, atol: Tolerance = None):
         """``n`` samples and their log densities from one backward solve each.
 
         The natural direction for density matching (reverse KL, the paper's Figure 4):
@@ -440,21 +354,12 @@ class CNF(eqx.Module):
 
 
 def _check_n(n):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"CNF: `n` (number of samples) must be a positive int, got {n!r}.")
+    check_int("CNF", "n", n)
 
 
-def ffjord_cnf(
-    dim: int,
-    *,
-    width: int = 64,
-    depth: int = 3,
-    activation: Callable = jnp.tanh,
-    base=None,
-    trace: Literal["exact", "hutchinson"] = "hutchinson",
-    key: PRNGKeyArray,
-    **cnf_kwargs,
-) -> CNF:
+def ffjord_cnf(dim: int, *, width: int = 64, depth: int = 3, activation: Callable = jnp.tanh,
+               base=None, trace: Literal["exact", "hutchinson"] = "hutchinson", key: PRNGKeyArray,
+               **cnf_kwargs) -> CNF:
     """An FFJORD-style CNF: a :class:`~neuralode.nn.ConcatSquashField` MLP and the
     Hutchinson trace (Grathwohl et al. 2019).
 
@@ -465,8 +370,7 @@ def ffjord_cnf(
         base: Base distribution (default ``StandardNormal(dim)``).
         trace: ``"hutchinson"`` (default) or ``"exact"``.
         key: PRNG key of the initialisation.
-        **cnf_kwargs: Further :class:`CNF` options (``t0``, ``t1``, ``noise``, ``solver``,
-            ``rtol``, ``atol``, ``adjoint``, ...).
+        **cnf_kwargs: Further :class:`CNF` options (``t0``, ``t1``, ``noise``, ``solve``).
 
     Example:
         ```python

@@ -3,17 +3,17 @@
 
 from __future__ import annotations
 
+import math
+from typing import Literal
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
+from .._checks import check_array, check_choice, check_int, check_real
 from ._cnf import CNF, StandardNormal
-from ._fields import _check_positive_int, _check_vector
-from ._neural_ode import check_real
-
-__all__ = ["PlanarCNFField", "PlanarFlow", "planar_cnf"]
 
 
 class PlanarCNFField(eqx.Module):
@@ -47,9 +47,9 @@ class PlanarCNFField(eqx.Module):
     width: int = eqx.field(static=True)
 
     def __init__(self, dim: int, width: int, *, hyper_width: int = 32, key: PRNGKeyArray):
-        _check_positive_int("PlanarCNFField", "dim", dim)
-        _check_positive_int("PlanarCNFField", "width", width)
-        _check_positive_int("PlanarCNFField", "hyper_width", hyper_width)
+        owner = "PlanarCNFField"
+        dim, width = check_int(owner, "dim", dim), check_int(owner, "width", width)
+        hyper_width = check_int(owner, "hyper_width", hyper_width)
         self.hyper = eqx.nn.MLP(
             "scalar", 2 * width * dim + 2 * width, hyper_width, 2, activation=jnp.tanh, key=key
         )
@@ -71,7 +71,7 @@ class PlanarCNFField(eqx.Module):
         self, t: Float[ArrayLike, ""], z: Float[Array, " dim"], args: PyTree = None
     ) -> tuple[Float[Array, " dim"], Float[Array, ""]]:
         """``(f(t, z), tr ∂f/∂z)`` in one evaluation of the hypernetwork."""
-        _check_vector("PlanarCNFField", z, self.dim)
+        z = check_array("PlanarCNFField", "z", z, shape=(self.dim,), hint=_VMAP_HINT)
         w, u, b, gate = self.parameters(t, z.dtype)
         h = jnp.tanh(w @ z + b)
         f = (gate * h) @ u
@@ -84,15 +84,8 @@ class PlanarCNFField(eqx.Module):
         return self.value_and_divergence(t, z, args)[0]
 
 
-def planar_cnf(
-    dim: int,
-    width: int,
-    *,
-    hyper_width: int = 32,
-    base=None,
-    key: PRNGKeyArray,
-    **cnf_kwargs,
-) -> CNF:
+def planar_cnf(dim: int, width: int, *, hyper_width: int = 32, base=None, key: PRNGKeyArray,
+               **cnf_kwargs) -> CNF:
     """The paper's planar CNF: a :class:`CNF` with a :class:`PlanarCNFField` and exact trace.
 
     Args:
@@ -120,6 +113,10 @@ def planar_cnf(
     return CNF(field, base=base, dim=dim, **cnf_kwargs)
 
 
+_VMAP_HINT = " For a batch, jax.vmap the field (or the solve)."
+_NEUTRAL_WU = math.log(math.e - 1.0)  # m(a) = 0 at a = log(e - 1): wᵀû = 0
+
+
 def _softplus_m1(x):
     return -1.0 + jax.nn.softplus(x)
 
@@ -140,10 +137,21 @@ class PlanarFlow(eqx.Module):
     function theorem); :meth:`log_prob` at arbitrary points uses it, so maximum likelihood
     works too, at ``K × bisection_steps`` scalar iterations.
 
+    Initialisation. ``u`` and ``w`` are drawn i.i.d. ``N(0, init_scale²)`` and ``b = 0``.
+    With ``init="volume_preserving"`` (default) each ``u`` is then shifted along ``w`` so that
+    ``wᵀu = log(e − 1)``, where ``m(wᵀu) = 0``: every layer starts with ``wᵀû = 0``, a shear
+    with ``det ∂f_k/∂z = 1`` everywhere, so the initial flow neither contracts nor expands and
+    ``log q = log p_base`` at initialisation whatever ``K``. With ``init="random"`` (Rezende and
+    Mohamed's plain draw) the constraint turns ``wᵀu ≈ 0`` into ``wᵀû ≈ m(0) ≈ −0.31``: every
+    layer contracts along its ``w`` by up to 31%, ``K`` layers compound it, and for large
+    ``K`` the inverse (data → base) blows up: an initial NLL of thousands of nats on the
+    paper's Two Circles with ``K = 64``.
+
     Args:
         dim: Dimension ``D``.
         num_layers: Number of layers ``K``.
         base: Base distribution (default ``StandardNormal(dim)``).
+        init: ``"volume_preserving"`` (default) or ``"random"`` (see above).
         init_scale: Standard deviation of the initial ``u`` and ``w`` entries (``b`` starts at
             zero).
         bisection_steps: Iterations of the scalar root find of :meth:`inverse`.
@@ -166,27 +174,26 @@ class PlanarFlow(eqx.Module):
     base: eqx.Module
     bisection_steps: int = eqx.field(static=True)
 
-    def __init__(
-        self,
-        dim: int,
-        num_layers: int,
-        *,
-        base=None,
-        init_scale: float = 0.5,
-        bisection_steps: int = 60,
-        key: PRNGKeyArray,
-    ):
-        _check_positive_int("PlanarFlow", "dim", dim)
-        _check_positive_int("PlanarFlow", "num_layers", num_layers)
-        _check_positive_int("PlanarFlow", "bisection_steps", bisection_steps)
-        init_scale = check_real("PlanarFlow", "init_scale", init_scale)
+    def __init__(self, dim: int, num_layers: int, *, base=None,
+                 init: Literal["volume_preserving", "random"] = "volume_preserving",
+                 init_scale: float = 0.5, bisection_steps: int = 60, key: PRNGKeyArray):
+        owner = "PlanarFlow"
+        dim, num_layers = check_int(owner, "dim", dim), check_int(owner, "num_layers", num_layers)
+        bisection_steps = check_int(owner, "bisection_steps", bisection_steps)
+        check_choice(owner, "init", init, ("volume_preserving", "random"))
+        init_scale = check_real(owner, "init_scale", init_scale, positive=True)
         base = StandardNormal(dim) if base is None else base
         if not (hasattr(base, "log_prob") and hasattr(base, "sample")):
-            raise ValueError("PlanarFlow: `base` must have methods log_prob(z) and sample(key, n).")
+            raise TypeError("PlanarFlow: `base` must have methods log_prob(z) and sample(key, n).")
         ku, kw = jax.random.split(key)
         dtype = jnp.result_type(float)
-        self.u = init_scale * jax.random.normal(ku, (num_layers, dim), dtype)
-        self.w = init_scale * jax.random.normal(kw, (num_layers, dim), dtype)
+        u = init_scale * jax.random.normal(ku, (num_layers, dim), dtype)
+        w = init_scale * jax.random.normal(kw, (num_layers, dim), dtype)
+        if init == "volume_preserving":
+            wu = jnp.sum(w * u, axis=1, keepdims=True)
+            wn = jnp.sum(w * w, axis=1, keepdims=True)
+            u = u + (_NEUTRAL_WU - wu) * w / wn
+        self.u, self.w = u, w
         self.b = jnp.zeros((num_layers,), dtype)
         self.base = base
         self.bisection_steps = bisection_steps
@@ -285,8 +292,7 @@ class PlanarFlow(eqx.Module):
         self, key: PRNGKeyArray, n: int
     ) -> tuple[Float[Array, "n dim"], Float[Array, " n"]]:
         """``n`` samples and their exact log densities (no root finding)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"PlanarFlow: `n` must be a positive int, got {n!r}.")
+        check_int("PlanarFlow", "n", n)
         z0 = jnp.asarray(self.base.sample(key, n)).astype(self.u.dtype)
         x, logdet = self.transform(z0)
         return x, self.base.log_prob(z0) - logdet

@@ -21,15 +21,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 
-__all__ = ["RegularisedField", "hutchinson_noise"]
+from .._checks import check_callable, check_choice
 
 NoiseKind = Literal["gaussian", "rademacher"]
-
-
-def check_noise(owner: str, noise: str) -> str:
-    if noise not in ("gaussian", "rademacher"):
-        raise ValueError(f"{owner}: `noise` must be 'gaussian' or 'rademacher', got {noise!r}.")
-    return noise
+NOISE_KINDS = ("gaussian", "rademacher")
 
 
 def hutchinson_noise(key: PRNGKeyArray, like: PyTree[ArrayLike], kind: NoiseKind = "gaussian"):
@@ -54,7 +49,7 @@ def hutchinson_noise(key: PRNGKeyArray, like: PyTree[ArrayLike], kind: NoiseKind
         eps.shape  # (3,)
         ```
     """
-    check_noise("hutchinson_noise", kind)
+    check_choice("hutchinson_noise", "kind", kind, NOISE_KINDS)
     leaves, treedef = jax.tree.flatten(like)
     keys = jax.random.split(key, max(len(leaves), 1))
     out = []
@@ -111,11 +106,7 @@ class RegularisedField(eqx.Module):
     field: eqx.Module
 
     def __init__(self, field):
-        if not callable(field):
-            raise ValueError(
-                f"RegularisedField: `field` must be callable as field(t, y, args), got {field!r}."
-            )
-        self.field = field
+        self.field = check_callable("RegularisedField", "field", field, "field(t, y, args)")
 
     @staticmethod
     def initial_state(y0: PyTree[Array]):
