@@ -513,15 +513,14 @@ def _checkpoint(mode: CheckpointAdjoint, problem: Problem, x: Primal, ys, n_acc,
     sign, taus, _ = internal(problem, x)
     t_end = taus[-1]
     # One backward evaluation = one stage recomputed together with its VJP.
-    nfe_per_step = solver.tableau.num_stages + (0 if solver.tableau.fsal else 1)
-    nfe_per_step += solver.tableau.num_extra
+    nfe_per_step = solver.nfe_per_step
 
     def step_map(y, params, t, h):
         def g(tau, yy):
             return sign * problem.fn(sign * tau, yy, params, problem.nondiff)
 
         f0 = g(t, y)
-        res = solver.step(g, t, y, f0, h, t_end)
+        res = solver.step(g, t, y, f0, h, t_end, tol=(problem.rtol, problem.atol))
         coeffs, _ = solver.dense(g, t, y, h, res, t_end)
         return res.y1, coeffs
 

@@ -448,7 +448,7 @@ def run(
             t_lim = t_end
         clip = h >= t_lim - t
         h_eff = jnp.where(clip, t_lim - t, h)
-        res = solver.step(g, t, st.y, st.f, h_eff, t_end, cfg.quad)
+        res = solver.step(g, t, st.y, st.f, h_eff, t_end, cfg.quad, tol=(rtol, atol))
         t1 = jnp.where(clip, t_lim, t + h_eff)
         q1 = None if st.q is None else st.q + res.q_inc
         ratio = lax.stop_gradient(

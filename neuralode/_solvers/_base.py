@@ -170,8 +170,21 @@ class AbstractAdaptiveSolver(AbstractSolver):
         """Whether :meth:`dense` evaluates the vector field (Dopri8's extra stages)."""
         return self.tableau.num_extra > 0
 
-    def step(self, g, t, y, f0, h, t_hi=None, quad: bool = False) -> StepResult:
-        """Attempt one step of size ``h`` from ``(t, y)``; ``f0 = g(t, y)``."""
+    @property
+    def nfe_per_step(self) -> int:
+        """Evaluations of one step recomputed with its vector-Jacobian product (the backward
+        statistics of :class:`~neuralode.CheckpointAdjoint`)."""
+        tab = self.tableau
+        return tab.num_stages + (0 if tab.fsal else 1) + tab.num_extra
+
+    def step(self, g, t, y, f0, h, t_hi=None, quad: bool = False, tol=None) -> StepResult:
+        """Attempt one step of size ``h`` from ``(t, y)``; ``f0 = g(t, y)``.
+
+        ``tol = (rtol, atol)`` are the tolerances of the loop: implicit methods stop their
+        Newton iterations by them (explicit methods ignore them). ``None``: the method's own
+        default.
+        """
+        del tol
         return rk_step(self.tableau, g, t, y, f0, h, t_hi, quad)
 
     def dense(self, g, t, y, h, result: StepResult, t_hi=None, quad: bool = False):
