@@ -35,7 +35,9 @@ from ._solvers import (
     Dopri8,
     Euler,
     Heun,
+    Kvaerno5,
     Midpoint,
+    Rodas5,
     Tsit5,
 )
 
@@ -59,10 +61,12 @@ __all__ = [
     "ForwardMode",
     "Heun",
     "InterpolatedAdjoint",
+    "Kvaerno5",
     "Midpoint",
     "PIController",
     "RK4",
     "Result",
+    "Rodas5",
     "Solution",
     "Tsit5",
     "odeint",
