@@ -38,6 +38,7 @@ from ._solvers import (
     Kvaerno5,
     Midpoint,
     Rodas5,
+    Rodas5P,
     Tsit5,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "RK4",
     "Result",
     "Rodas5",
+    "Rodas5P",
     "Solution",
     "Tsit5",
     "odeint",

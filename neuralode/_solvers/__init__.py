@@ -9,7 +9,7 @@ from ._dopri5 import Dopri5
 from ._dopri8 import Dopri8
 from ._esdirk import Kvaerno5
 from ._explicit import RK4, Euler, Heun, Midpoint
-from ._rosenbrock import Rodas5
+from ._rosenbrock import Rodas5, Rodas5P
 from ._tsit5 import Tsit5
 
 __all__ = [
@@ -26,5 +26,6 @@ __all__ = [
     "Midpoint",
     "RK4",
     "Rodas5",
+    "Rodas5P",
     "Tsit5",
 ]

@@ -54,13 +54,13 @@ def jacobians(gw: Callable, t, y: Float[Array, " n"], quad: bool, with_t: bool):
     pass (``n + 1`` tangents in all).
     """
     if with_t:
-        jt, jy = jax.jacfwd(gw, argnums=(0, 1))(t, y)
+        # Output-major: (∂/∂t, ∂/∂y) for each output (dy, and dq with a quadrature channel).
+        out = jax.jacfwd(gw, argnums=(0, 1))(t, y)
+        (f_t, jac), (g_t, g_y) = out if quad else (out, (None, None))
     else:
-        jy = jax.jacfwd(gw, argnums=1)(t, y)
-        jt = (None, None) if quad else None
-    if quad:
-        return jy[0], jt[0], jy[1], jt[1]
-    return jy, jt, None, None
+        out = jax.jacfwd(gw, argnums=1)(t, y)
+        (jac, g_y), f_t, g_t = (out if quad else (out, None)), None, None
+    return jac, f_t, g_y, g_t
 
 
 def lu_factor(m: Float[Array, "n n"]):
