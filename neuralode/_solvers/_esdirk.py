@@ -114,6 +114,8 @@ def _newton(gw, ti, base, hg, pred, lu, scale, active, kappa, max_iters):
     def residual(k):
         return k - gw(ti, base + hg * k)
 
+    eps = float(jnp.finfo(pred.dtype).eps)
+
     def solve(fun, k0):
         def cond(c):
             _, it, _, done, _ = c
@@ -126,7 +128,11 @@ def _newton(gw, ti, base, hg, pred, lu, scale, active, kappa, max_iters):
             size = rms(hg * dk / scale)
             rate = size / size_prev
             first = it == 0
-            settled = size <= 1e-3 * kappa  # nothing left to correct
+            # Nothing left to correct: the update is negligible for the tolerance, or down to
+            # the rounding of the stage value (a tolerance near machine precision).
+            settled = (size <= 1e-3 * kappa) | (
+                rms(hg * dk) <= 64.0 * eps * rms(base + hg * k)
+            )
             converged = settled | (~first & (rate < 1.0)
                                    & (rate / (1.0 - rate) * size <= kappa))
             diverged = ~first & ~converged & (rate > DIVERGENCE_RATE)
@@ -258,6 +264,9 @@ class Kvaerno5(AbstractAdaptiveSolver):
         k0 = k0.astype(wd)
         rtol, atol = self._tolerances(tol, wd)
         scale = lax.stop_gradient(atol + rtol * jnp.abs(yw))
+        # Hairer's floor (RADAU5's fnewt): at a tolerance near machine precision, ask the
+        # iteration for no more than ten roundings of the relative tolerance.
+        kappa = jnp.maximum(self.newton_kappa, 10.0 * float(jnp.finfo(wd).eps) / rtol)
         hg = hw * GAMMA
 
         def head(t_, y_):
@@ -275,8 +284,8 @@ class Kvaerno5(AbstractAdaptiveSolver):
             base = lincomb(A[i, :i], [hw * k for k in ks], yw)
             ti = stage_time(t, CS[i], h, t_hi)
             pred = lincomb(P[i, :i], ks)
-            ki, it, conv = _newton(head, ti, base, hg, pred, lu, scale, ok,
-                                   self.newton_kappa, self.newton_max_iters)
+            ki, it, conv = _newton(head, ti, base, hg, pred, lu, scale, ok, kappa,
+                                   self.newton_max_iters)
             iters = iters + it
             ok = ok & conv
             zi = base + hg * ki
