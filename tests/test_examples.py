@@ -37,5 +37,13 @@ def test_backward_nfe_example(capsys):
     assert all(n > 0 for n in nfe_b)
 
 
+def test_robertson_fit_example_reduces_the_loss(capsys):
+    summary = _load("robertson_fit").main(["--iters", "4"])
+    assert summary["final_loss"] < summary["initial_loss"]
+    assert all(0 <= e < 1.5 for e in summary["relative_error"])
+    assert summary["rodas5_steps"] < 200  # stiff: an explicit solver needs ~1e5 steps
+    assert "relative errors" in capsys.readouterr().out
+
+
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
