@@ -14,11 +14,14 @@ derivatives (``k_i⁰ = Σ_j α_ij k_j``, the predictor of OrdinaryDiffEq.jl and
 iteration stops (Hairer & Wanner II, IV.8) when the estimated remaining error
 ``ρ/(1-ρ)·‖hγδ‖`` is below ``κ`` in the RMS norm scaled by ``atol + rtol·|y|`` (the loop's
 own tolerances), where ``ρ`` is the observed contraction rate, or when the update is
-negligible. It fails (the step reports ``ok=False``, is rejected and shrinks by the
-controller's ``factormin``) when an update grows more than twice the previous one or is not
-finite, or when the allowed iterations run out. (A stricter test, ``ρ >= 1`` or "cannot
-converge in the remaining iterations", as in Hairer's RADAU5, rejected most large steps on
-Robertson's problem whose iterations did converge after a slow start: 221 steps instead of 79.)
+negligible (for the tolerance, or down to the rounding of the stage value). At tolerances near
+machine precision ``κ`` is raised to ``10·eps/rtol``, as in RADAU5. The iteration fails (the
+step reports ``ok=False``, is rejected and shrinks by the controller's ``factormin``) when an
+update grows more than twice the previous one or is not finite, or when the allowed
+iterations run out. (A stricter test, ``ρ >= 1`` or "cannot converge in the remaining
+iterations", as in Hairer's RADAU5, rejected most large steps on Robertson's problem whose
+iterations did converge after a slow start: 221 steps instead of 79 with the same
+controller.)
 
 Derivatives. The converged stage is differentiated by the implicit function theorem
 (``lax.custom_root``), never through the iterations: the tangent (and, transposed, the
@@ -31,8 +34,10 @@ stage derivative (the Newton residual of a stiff component can make those differ
 also makes the next step start from the exact ``f``.
 
 Stage 3 has ``c_3 = 1.2303``: it is evaluated past the end of the step (on the final step,
-up to ``0.23 h`` past the end of the interval), as in every implementation of the method;
-clamping it to the end would reduce the final step of a time-dependent problem to order 1.
+up to ``0.23 h`` past the end of the interval), as diffrax and OrdinaryDiffEq.jl do; clamping
+it to the end would perturb the final step of a time-dependent problem by ``O(h² ∂f/∂t)``.
+The vector field must therefore be defined slightly beyond the output times (the explicit
+and Rosenbrock solvers never evaluate it there).
 
 Quadrature. The stage states are a Runge-Kutta quadrature: nodes ``(c_j, b_j, Z_j + hγk_j)``
 integrate a channel that does not feed back exactly as the method integrates the augmented
@@ -45,18 +50,21 @@ References:
     E. Hairer, G. Wanner, *Solving Ordinary Differential Equations II*, 2nd ed., Springer
     1996, section IV.8 (Newton iterations for implicit Runge-Kutta methods and their stopping
     criterion).
-    P. Kidger, "On Neural Differential Equations", PhD thesis, Oxford 2021, and diffrax
-    (the stage predictor).
+    C. Rackauckas, Q. Nie, "DifferentialEquations.jl", J. Open Res. Softw. 5(1), 2017, and
+    P. Kidger's diffrax (the stage predictor, with diffrax's correction of its first row).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import Array, ArrayLike, Float
 
 from ._base import AbstractAdaptiveSolver
 from ._linear import (
@@ -253,7 +261,17 @@ class Kvaerno5(AbstractAdaptiveSolver):
         atol = 1e-6 if atol is None else atol
         return jnp.asarray(rtol).astype(wd), jnp.asarray(atol).astype(wd)
 
-    def step(self, g, t, y, f0, h, t_hi=None, quad: bool = False, tol=None) -> StepResult:
+    def step(
+        self,
+        g: Callable,
+        t: Float[ArrayLike, ""],
+        y: Float[Array, " n"],
+        f0: Any,
+        h: Float[ArrayLike, ""],
+        t_hi: Float[ArrayLike, ""] | None = None,
+        quad: bool = False,
+        tol: tuple[Any, Any] | None = None,
+    ) -> StepResult:
         """One Kvaerno5 step of size ``h`` from ``(t, y)`` with ``f0 = g(t, y)``."""
         dtype = y.dtype
         wd = work_dtype(dtype)
@@ -314,6 +332,9 @@ class Kvaerno5(AbstractAdaptiveSolver):
             stages=coeffs.astype(dtype), nfe=nfe, ok=ok, njev=1, nlinsolve=iters, nodes=nodes,
         )
 
-    def dense(self, g, t, y, h, result: StepResult, t_hi=None, quad: bool = False):
+    def dense(
+        self, g: Callable, t, y: Float[Array, " n"], h, result: StepResult, t_hi=None,
+        quad: bool = False,
+    ) -> tuple[Float[Array, "p n"], int]:
         """``(coeffs, 0)``: the Hermite polynomial was formed by the step."""
         return result.stages, 0
