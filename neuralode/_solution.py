@@ -44,8 +44,11 @@ _MESSAGES = {
     Result.successful: "The solve reached the final time successfully.",
     Result.max_steps_reached: (
         "neuralode.odeint: the solver took `max_steps` steps without reaching the final time. "
-        "Increase `max_steps`, loosen `rtol`/`atol`, or check whether the problem is stiff "
-        "(an explicit solver then needs tiny steps)."
+        "Increase `max_steps` or loosen `rtol`/`atol`. If the problem is stiff (fast decaying "
+        "modes beside slow dynamics: chemical kinetics, circuits, some trained fields), an "
+        "explicit solver needs tiny steps for stability: use a stiff solver, "
+        "solver=nde.Rodas5() (Rosenbrock; nde.Rodas5P() for strongly time-dependent forcing) "
+        "or solver=nde.Kvaerno5() (ESDIRK)."
     ),
     Result.dt_min_reached: (
         "neuralode.odeint: the step size fell below its minimum (step size underflow) before the "

@@ -47,3 +47,13 @@ def test_neural_event_example_learns_the_boundary():
     rmse = out.split("exit-time RMSE:")[1].split()
     initial, final = float(rmse[0]), float(rmse[3])
     assert final**2 < 0.2 * initial**2, out
+
+
+def test_robertson_fit_example_reduces_the_loss():
+    out = _run("robertson_fit", "--iters", "4")
+    initial, final = (float(v) for v in out.split("\nloss ")[1].split()[:3:2])
+    assert final < initial, out
+    rel = [float(v) for v in out.split("relative errors [")[1].split("]")[0].split(",")]
+    assert all(0 <= e < 1.5 for e in rel), out
+    steps = int(out.split("]; ")[1].split()[0])
+    assert steps < 200, out  # stiff: an explicit solver needs ~1e5 steps

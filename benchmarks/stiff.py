@@ -1,0 +1,258 @@
+"""Stiff-solver benchmark: neuralode Rodas5 / Kvaerno5 vs diffrax Kvaerno5, scipy Radau / BDF.
+
+    .venv/bin/python benchmarks/stiff.py [--quick] [--repeats N]
+
+The four Hairer-Wanner stiff problems (float64), each at the tolerances of issue #15: Robertson
+on [0, 1e5] (rtol 1e-6, atol 1e-10), VDPOL with epsilon = 1e-6 on [0, 2] (rtol = atol = 1e-6),
+HIRES on [0, 321.8122] (rtol 1e-6, atol 1e-8), Oregonator on [0, 360] (rtol 1e-6, atol 1e-8).
+Every JAX method is one jitted call returning the solution at the final time; compile time is
+excluded and reported separately; the JAX methods are timed round-robin (interleaved) and the
+median is reported. diffrax runs ``diffrax.Kvaerno5()`` with ``PIDController(rtol, atol)`` (its
+defaults otherwise, ``max_steps=200_000``). scipy's ``solve_ivp`` (Radau, BDF) gets a NumPy
+vector field and its analytic Jacobian, and is timed the same number of times.
+
+Accuracy: the error at the final time against the stored Radau reference (rtol 1e-12),
+as a multiple of the tolerance, ``max_i |y_i - ref_i| / (atol + rtol |ref_i|)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import _common as C
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import neuralode as nde
+
+# ---------------------------------------------------------------------------------------------
+# Problems: (JAX field, NumPy field, NumPy Jacobian, y0, args, t_end, rtol, atol, reference)
+
+
+def rober(t, y, k):
+    return jnp.stack([
+        -k[0] * y[0] + k[2] * y[1] * y[2],
+        k[0] * y[0] - k[1] * y[1] ** 2 - k[2] * y[1] * y[2],
+        k[1] * y[1] ** 2,
+    ])
+
+
+def rober_np(t, y, k):
+    return np.array([
+        -k[0] * y[0] + k[2] * y[1] * y[2],
+        k[0] * y[0] - k[1] * y[1] ** 2 - k[2] * y[1] * y[2],
+        k[1] * y[1] ** 2,
+    ])
+
+
+def rober_jac(t, y, k):
+    return np.array([
+        [-k[0], k[2] * y[2], k[2] * y[1]],
+        [k[0], -2 * k[1] * y[1] - k[2] * y[2], -k[2] * y[1]],
+        [0.0, 2 * k[1] * y[1], 0.0],
+    ])
+
+
+def vdpol(t, y, eps):
+    return jnp.stack([y[1], ((1 - y[0] ** 2) * y[1] - y[0]) / eps])
+
+
+def vdpol_np(t, y, eps):
+    return np.array([y[1], ((1 - y[0] ** 2) * y[1] - y[0]) / eps])
+
+
+def vdpol_jac(t, y, eps):
+    return np.array([[0.0, 1.0], [(-2 * y[0] * y[1] - 1) / eps, (1 - y[0] ** 2) / eps]])
+
+
+def hires(t, y, args):
+    y1, y2, y3, y4, y5, y6, y7, y8 = (y[i] for i in range(8))
+    return jnp.stack([
+        -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
+        1.71 * y1 - 8.75 * y2,
+        -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
+        8.32 * y2 + 1.71 * y3 - 1.12 * y4,
+        -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
+        -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
+        280.0 * y6 * y8 - 1.81 * y7,
+        -280.0 * y6 * y8 + 1.81 * y7,
+    ])
+
+
+def orego(t, y, args):
+    return jnp.stack([
+        77.27 * (y[1] + y[0] * (1 - 8.375e-6 * y[0] - y[1])),
+        (y[2] - (1 + y[0]) * y[1]) / 77.27,
+        0.161 * (y[0] - y[2]),
+    ])
+
+
+def orego_np(t, y, args):
+    return np.array([
+        77.27 * (y[1] + y[0] * (1 - 8.375e-6 * y[0] - y[1])),
+        (y[2] - (1 + y[0]) * y[1]) / 77.27,
+        0.161 * (y[0] - y[2]),
+    ])
+
+
+def orego_jac(t, y, args):
+    return np.array([
+        [77.27 * (1 - 2 * 8.375e-6 * y[0] - y[1]), 77.27 * (1 - y[0]), 0.0],
+        [-y[1] / 77.27, -(1 + y[0]) / 77.27, 1 / 77.27],
+        [0.161, 0.0, -0.161],
+    ])
+
+
+def hires_jac(t, y, args):
+    j = np.zeros((8, 8))
+    j[0, :3] = [-1.71, 0.43, 8.32]
+    j[1, :2] = [1.71, -8.75]
+    j[2, 2:5] = [-10.03, 0.43, 0.035]
+    j[3, 1:4] = [8.32, 1.71, -1.12]
+    j[4, 4:7] = [-1.745, 0.43, 0.43]
+    j[5, 3:8] = [0.69, 1.71, -0.43 - 280.0 * y[7], 0.69, -280.0 * y[5]]
+    j[6, 5:8] = [280.0 * y[7], -1.81, 280.0 * y[5]]
+    j[7, 5:8] = [-280.0 * y[7], 1.81, -280.0 * y[5]]
+    return j
+
+
+def hires_np(t, y, args):
+    y1, y2, y3, y4, y5, y6, y7, y8 = y
+    return np.array([
+        -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
+        1.71 * y1 - 8.75 * y2,
+        -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
+        8.32 * y2 + 1.71 * y3 - 1.12 * y4,
+        -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
+        -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
+        280.0 * y6 * y8 - 1.81 * y7,
+        -280.0 * y6 * y8 + 1.81 * y7,
+    ])
+
+
+# Radau at rtol 1e-12 (scipy, analytic Jacobian); the same values as tests/test_stiff.py.
+PROBLEMS = {
+    "Robertson": (rober, rober_np, rober_jac, [1.0, 0.0, 0.0], np.array([0.04, 3e7, 1e4]),
+                  1e5, 1e-6, 1e-10,
+                  [1.7865921142347120e-02, 7.2747514685389555e-08, 9.8213400611014057e-01]),
+    "VDPOL": (vdpol, vdpol_np, vdpol_jac, [2.0, -0.66], np.asarray(1e-6), 2.0, 1e-6, 1e-6,
+              [1.706167437543158, -0.8928100165511409]),
+    "HIRES": (hires, hires_np, hires_jac, [1.0, 0, 0, 0, 0, 0, 0, 0.0057], None, 321.8122,
+              1e-6, 1e-8,
+              [7.3713125733255471e-04, 1.4424857263161607e-04, 5.8887297409673529e-05,
+               1.1756513432831257e-03, 2.3863561988309882e-03, 6.2389682527417573e-03,
+               2.8499983951855183e-03, 2.8500016048145066e-03]),
+    "Oregonator": (orego, orego_np, orego_jac, [1.0, 2.0, 3.0], None, 360.0, 1e-6, 1e-8,
+                   [1.0008148703185229e+00, 1.2281785215498953e+03, 1.3205549428465335e+02]),
+}
+
+OURS = {"neuralode Rodas5": nde.Rodas5(), "neuralode Kvaerno5": nde.Kvaerno5()}
+
+
+def _ours(f, solver, t_end, args, rtol, atol):
+    def run(y0):
+        sol = nde.odeint(f, y0, jnp.array([0.0, t_end]), args, solver=solver, rtol=rtol,
+                         atol=atol, max_steps=200_000, throw=False)
+        return sol.ys[-1], sol.stats, sol.result
+
+    return run
+
+
+def _diffrax(f, t_end, args, rtol, atol):
+    import diffrax as dfx
+
+    def run(y0):
+        sol = dfx.diffeqsolve(
+            dfx.ODETerm(f), dfx.Kvaerno5(), 0.0, t_end, None, y0, args=args,
+            stepsize_controller=dfx.PIDController(rtol=rtol, atol=atol), max_steps=200_000,
+            saveat=dfx.SaveAt(t1=True), throw=False,
+        )
+        stats = {k: sol.stats[k] for k in ("num_steps", "num_accepted_steps",
+                                           "num_rejected_steps")}
+        return sol.ys[-1], stats, sol.result._value
+
+    return run
+
+
+def _scipy(method, f_np, jac_np, y0, args, t_end, rtol, atol):
+    from scipy.integrate import solve_ivp
+
+    def run():
+        return solve_ivp(lambda t, y: f_np(t, y, args), (0.0, t_end), np.asarray(y0),
+                         method=method, rtol=rtol, atol=atol,
+                         jac=lambda t, y: jac_np(t, y, args))
+
+    return run
+
+
+def _multiple(y, ref, rtol, atol):
+    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
+    if not np.all(np.isfinite(y)):
+        return float("nan")
+    return float(np.max(np.abs(y - ref) / (atol + rtol * np.abs(ref))))
+
+
+def bench(name, repeats):
+    f, f_np, jac_np, y0, args, t_end, rtol, atol, ref = PROBLEMS[name]
+    y0 = jnp.asarray(y0)
+    jargs = None if args is None else jnp.asarray(args)
+    builders = {k: _ours(f, s, t_end, jargs, rtol, atol) for k, s in OURS.items()}
+    builders["diffrax Kvaerno5"] = _diffrax(f, t_end, jargs, rtol, atol)
+    compiled = {k: C.compile_fn(b, y0) for k, b in builders.items()}
+    times = C.interleaved(compiled, repeats)
+    rows = []
+    for k, c in compiled.items():
+        y, stats, result = c.call(*c.args)
+        ok = int(result) == 0
+        stats = {s: int(v) for s, v in stats.items()}
+        steps = stats["num_steps"]
+        rows.append([
+            k, C.median(times[k]) * 1e3, c.total_compile_s, steps if ok else f"failed ({steps})",
+            stats.get("num_rejected", stats.get("num_rejected_steps")),
+            stats.get("nfe", "—"), stats.get("njev", "—"), stats.get("nlinsolve", "—"),
+            _multiple(y, ref, rtol, atol) if ok else "—",
+        ])
+    for method in ("Radau", "BDF"):
+        run = _scipy(method, f_np, jac_np, y0, args, t_end, rtol, atol)
+        ts_ = []
+        for _ in range(max(3, repeats // 4)):
+            t0 = time.perf_counter()
+            res = run()
+            ts_.append(time.perf_counter() - t0)
+        rows.append([f"scipy {method}", statistics.median(ts_) * 1e3, "—",
+                     len(res.t) - 1, "—", res.nfev, res.njev, res.nlu,
+                     _multiple(res.y[:, -1], ref, rtol, atol)])
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--only", default=None, help="one problem name")
+    opts = parser.parse_args(argv)
+    repeats = opts.repeats or (3 if opts.quick else 15)
+    print("# Stiff solvers\n")
+    info = C.machine_info()
+    print(", ".join(f"{k}: {v}" for k, v in info.items() if k in (
+        "date", "cpu", "cpu count", "jax", "diffrax", "scipy", "load average (before)")))
+    print()
+    headers = ["method", "time (ms)", "compile (s)", "steps", "rejected", "NFE", "Jacobians",
+               "linear solves (scipy: LU)", "error / tol"]
+    for name in PROBLEMS:
+        if opts.only and name != opts.only:
+            continue
+        f, _, _, _, _, t_end, rtol, atol, _ = PROBLEMS[name]
+        print(f"## {name} (t_end {t_end}, rtol {rtol:g}, atol {atol:g})\n")
+        print(C.md_table(headers, bench(name, repeats)))
+        print()
+        sys.stdout.flush()
+    jax.clear_caches()
+
+
+if __name__ == "__main__":
+    main()
