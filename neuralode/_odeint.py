@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import types
 import weakref
 from collections.abc import Callable, Sequence
@@ -25,8 +26,9 @@ from ._adjoint import AbstractAdjoint, CheckpointAdjoint
 from ._controller import PIController
 from ._derivatives import solve
 from ._event import Event
+from ._fixed import fixed_substeps, integrate_fixed
 from ._forward import NUM_STATS, Primal, Problem, SolveConfig
-from ._integrate import fixed_substeps, integrate_fixed, time_dtype
+from ._integrate import time_dtype
 from ._solution import RESULT_MESSAGES, Result, Solution
 from ._solvers import AbstractSolver, Tsit5
 
@@ -90,7 +92,24 @@ def _prepare_y0(y0):
     return jax.tree.unflatten(treedef, out)
 
 
+def _check_signature(fn, what: str) -> None:
+    """A clear error for a callable that cannot be called as ``fn(t, y, args)``."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins and some C callables: checked by the call
+        return
+    try:
+        sig.bind(0.0, None, None)
+    except TypeError:
+        raise TypeError(
+            f"odeint: {what} must take three positional arguments (t, y, args), got a callable "
+            f"with signature {sig}. Write it as `def f(t, y, args)` (or "
+            "`lambda t, y, args: ...`) and ignore `args` if it is unused."
+        ) from None
+
+
 def _check_f_output(f, t0, y0, args):
+    _check_signature(f, "`f`")
     try:
         out = eqx.filter_eval_shape(f, t0, y0, args)
     except Exception as err:
@@ -319,6 +338,7 @@ def _as_events(event) -> tuple[Event, ...]:
 
 def _check_events(events, t0, y0, args):
     for i, ev in enumerate(events):
+        _check_signature(ev.cond_fn, f"event {i}'s `cond_fn`")
         try:
             out = eqx.filter_eval_shape(ev.cond_fn, t0, y0, args)
         except Exception as err:

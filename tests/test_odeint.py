@@ -604,6 +604,17 @@ def test_f_must_be_callable():
         nde.odeint(3.0, Y0, TS)
 
 
+def test_f_with_the_wrong_signature_says_how_to_write_it():
+    with pytest.raises(TypeError, match=r"`f` must take three positional arguments \(t, y, args\)"):
+        nde.odeint(lambda t, y: -y, Y0, TS)
+    ev = nde.Event(lambda t, y: y[0])
+    with pytest.raises(TypeError, match="event 0's `cond_fn` must take three positional"):
+        nde.odeint(decay, Y0, TS, event=ev)
+    # Defaults, *args and callable modules are fine.
+    nde.odeint(lambda t, y, args=None, scale=1.0: -scale * y, Y0, TS)
+    nde.odeint(lambda *a: -a[1], Y0, TS)
+
+
 @pytest.mark.parametrize("max_steps", [0, -5, 2.5, True, "100"])
 def test_bad_max_steps(max_steps):
     with pytest.raises(ValueError, match="`max_steps` must be a positive int"):
