@@ -66,9 +66,11 @@ def finish(problem: Problem, x: Primal, ys, ct, skip, a_final, a0, params_bar, b
     grads = (a_final, g_ts, params_bar)
     failed = (result != Result.successful) & ~skip
     if problem.cfg.throw:
+        # The drift message names its remedies itself; the others get the mode's hint.
         messages = tuple(
-            "neuralode: the backward (adjoint) solve of the gradient failed. " + m + hint
-            for m in RESULT_MESSAGES
+            "neuralode: the backward (adjoint) solve of the gradient failed. " + m
+            + ("" if code == Result.drift else hint)
+            for code, m in enumerate(RESULT_MESSAGES)
         )
         # The check guards every gradient leaf: whichever cotangent the caller uses, a failed
         # backward solve raises (a check on one leaf alone is dropped when that leaf is unused).
