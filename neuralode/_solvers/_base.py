@@ -197,5 +197,58 @@ class AbstractAdaptiveSolver(AbstractSolver):
 
 
 @dataclasses.dataclass(frozen=True)
+class AbstractStiffSolver(AbstractAdaptiveSolver):
+    """A fifth-order stiff method (Rosenbrock or ESDIRK) with an order-4 error estimate.
+
+    It implements :meth:`step` and :meth:`dense` itself (the dense polynomial is formed by the
+    step, at no extra evaluations) and states its costs as class constants.
+    """
+
+    DENSE_DEGREE: ClassVar[int]
+    NUM_NODES: ClassVar[int]
+    NFE_PER_STEP: ClassVar[int]
+
+    @property
+    def order(self) -> int:
+        return 5
+
+    @property
+    def adaptive(self) -> bool:
+        return True
+
+    @property
+    def error_order(self) -> int:
+        return 4
+
+    @property
+    def controller_beta(self) -> float:
+        # The fifth-order pairs' value (Hairer's DOPRI5): the P term only damps growth while
+        # errors rise. Measured on the four Hairer-Wanner problems at 0, 0.04 and 0.08: within
+        # 3% in steps, except Kvaerno5 on Robertson (66 steps at 0.04, 79 at 0).
+        return 0.04
+
+    @property
+    def dense_degree(self) -> int:
+        return self.DENSE_DEGREE
+
+    @property
+    def num_nodes(self) -> int:
+        return self.NUM_NODES
+
+    @property
+    def dense_costs_evaluations(self) -> bool:
+        return False
+
+    @property
+    def nfe_per_step(self) -> int:
+        return self.NFE_PER_STEP
+
+    def dense(self, g, t, y, h, result: StepResult, t_hi=None, quad: bool = False,
+              direction=1.0):
+        """``(coeffs, 0)``: the dense polynomial was formed by the step (no evaluations)."""
+        return result.stages, 0
+
+
+@dataclasses.dataclass(frozen=True)
 class AbstractFixedSolver(AbstractSolver):
     """A fixed-step Runge-Kutta method: steps of size ``dt0`` (at most), no error control."""

@@ -66,7 +66,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, ArrayLike, Float
 
-from ._base import AbstractAdaptiveSolver
+from ._base import AbstractStiffSolver
 from ._linear import (
     field_in,
     iteration_matrix,
@@ -164,7 +164,7 @@ def _newton(gw, ti, base, hg, pred, lu, scale, active, kappa, max_iters):
 
 
 @dataclasses.dataclass(frozen=True)
-class Kvaerno5(AbstractAdaptiveSolver):
+class Kvaerno5(AbstractStiffSolver):
     """Kværnø's ESDIRK 5(4): an L-stable, stiffly accurate implicit Runge-Kutta method.
 
     Seven stages (the first explicit), each implicit stage solved by simplified Newton
@@ -194,6 +194,10 @@ class Kvaerno5(AbstractAdaptiveSolver):
     (Kværnø 2004; Hairer & Wanner II, section IV.8).
     """
 
+    DENSE_DEGREE = 3  # cubic Hermite
+    NUM_NODES = int(np.count_nonzero(B))
+    NFE_PER_STEP = 13  # nominal: two Newton iterations per implicit stage and f(t1, y1)
+
     newton_kappa: float = 1e-2
     newton_max_iters: int = 10
     newton_rtol: float | None = None
@@ -215,41 +219,13 @@ class Kvaerno5(AbstractAdaptiveSolver):
             if value is not None and not (isinstance(value, int | float) and value > 0):
                 raise ValueError(f"Kvaerno5: `{name}` must be a positive number or None.")
 
-    @property
-    def order(self) -> int:
-        return 5
 
-    @property
-    def adaptive(self) -> bool:
-        return True
 
-    @property
-    def error_order(self) -> int:
-        return 4
 
-    @property
-    def controller_beta(self) -> float:
-        # The fifth-order pairs' value (Hairer's DOPRI5): the P term only damps growth while
-        # errors rise. Measured on the four Hairer-Wanner problems at 0, 0.04 and 0.08: within
-        # 3% in steps, except Kvaerno5 on Robertson (66 steps at 0.04, 79 at 0).
-        return 0.04
 
-    @property
-    def dense_degree(self) -> int:
-        return 3
 
-    @property
-    def num_nodes(self) -> int:
-        return int(np.count_nonzero(B))
 
-    @property
-    def dense_costs_evaluations(self) -> bool:
-        return False
 
-    @property
-    def nfe_per_step(self) -> int:
-        # Nominal: two Newton iterations per implicit stage and f(t1, y1).
-        return 13
 
     def _tolerances(self, tol, wd):
         rtol = atol = None
@@ -335,9 +311,3 @@ class Kvaerno5(AbstractAdaptiveSolver):
             stages=coeffs.astype(dtype), nfe=nfe, ok=ok, njev=1, nlinsolve=iters, nodes=nodes,
         )
 
-    def dense(
-        self, g: Callable, t, y: Float[Array, " n"], h, result: StepResult, t_hi=None,
-        quad: bool = False, direction: Any = 1.0,
-    ) -> tuple[Float[Array, "p n"], int]:
-        """``(coeffs, 0)``: the Hermite polynomial was formed by the step."""
-        return result.stages, 0

@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._base import AbstractAdaptiveSolver
+from ._base import AbstractStiffSolver
 from ._linear import (
     field_in,
     iteration_matrix,
@@ -238,48 +238,16 @@ def stage_time(t, c: float, h, t_hi):
 
 
 @dataclasses.dataclass(frozen=True)
-class AbstractRodas(AbstractAdaptiveSolver):
+class AbstractRodas(AbstractStiffSolver):
     """The step of the 8-stage stiffly accurate Rosenbrock methods (Rodas5, Rodas5P).
 
     Subclasses set the class attribute ``tableau`` (a :class:`RodasTableau`).
     """
 
     tableau: ClassVar[RodasTableau]  # type: ignore[assignment]
-
-    @property
-    def order(self) -> int:
-        return 5
-
-    @property
-    def adaptive(self) -> bool:
-        return True
-
-    @property
-    def error_order(self) -> int:
-        return 4
-
-    @property
-    def controller_beta(self) -> float:
-        # The fifth-order pairs' value (Hairer's DOPRI5): the P term only damps growth while
-        # errors rise. Measured on the four Hairer-Wanner problems at 0, 0.04 and 0.08: within
-        # 3% in steps, except Kvaerno5 on Robertson (66 steps at 0.04, 79 at 0).
-        return 0.04
-
-    @property
-    def dense_degree(self) -> int:
-        return 4
-
-    @property
-    def num_nodes(self) -> int:
-        return 3
-
-    @property
-    def dense_costs_evaluations(self) -> bool:
-        return False
-
-    @property
-    def nfe_per_step(self) -> int:
-        return 8
+    DENSE_DEGREE = 4
+    NUM_NODES = 3  # the three-point Gauss rule on the dense output
+    NFE_PER_STEP = 8
 
     def step(
         self,
@@ -356,12 +324,6 @@ class AbstractRodas(AbstractAdaptiveSolver):
             stages=coeffs.astype(dtype), nfe=8, ok=None, njev=1, nlinsolve=8, nodes=nodes,
         )
 
-    def dense(
-        self, g: Callable, t, y: Float[Array, " n"], h, result: StepResult, t_hi=None,
-        quad: bool = False, direction: Any = 1.0,
-    ) -> tuple[Float[Array, "p n"], int]:
-        """``(coeffs, 0)``: the dense polynomial was formed by the step (no evaluations)."""
-        return result.stages, 0
 
 
 @dataclasses.dataclass(frozen=True)
