@@ -4,6 +4,8 @@ paper's Algorithm 1) and :class:`~neuralode.InterpolatedAdjoint` (``z`` from the
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
@@ -38,14 +40,25 @@ _INTERPOLATED_HINT = (
 )
 
 
+class _Setup(NamedTuple):
+    ct: Any  # the output cotangents
+    ys: Any  # the outputs, zero where the forward solve failed
+    skip: Any  # the forward solve failed: no backward pass
+    params_flat: Any
+    unravel: Any
+
+
+def _setup(x: Primal, ys, fwd_result, extra: Extra) -> _Setup:
+    params_flat, unravel = ravel_pytree(x.params)
+    skip = ~Result.succeeded(fwd_result)
+    return _Setup(extra.ct, sanitize(ys, skip), skip, params_flat, unravel)
+
+
 def backsolve_backward(mode, problem: Problem, x: Primal, ys, fwd_result,
                extra: Extra):
-    ct = extra.ct
+    ct, ys, skip, params_flat, unravel = _setup(x, ys, fwd_result, extra)
     n_out, n = ys.shape
-    params_flat, unravel = ravel_pytree(x.params)
     m = params_flat.shape[0]
-    skip = ~Result.succeeded(fwd_result)
-    ys = sanitize(ys, skip)
     if n_out == 1:
         return single_time(problem, x, ys, ct, skip)
     sign, taus, _ = internal(problem, x)
@@ -109,13 +122,10 @@ def backsolve_backward(mode, problem: Problem, x: Primal, ys, fwd_result,
 
 def interpolated_backward(mode, problem: Problem, x: Primal, ys, n_acc, fwd_result,
                   rec, extra: Extra):
-    ct = extra.ct
+    ct, ys, skip, params_flat, unravel = _setup(x, ys, fwd_result, extra)
     cfg = problem.cfg
     n_out, n = ys.shape
-    params_flat, unravel = ravel_pytree(x.params)
     m = params_flat.shape[0]
-    skip = ~Result.succeeded(fwd_result)
-    ys = sanitize(ys, skip)
     if n_out == 1:
         return single_time(problem, x, ys, ct, skip)
     n_acc = jnp.where(skip, 0, n_acc)

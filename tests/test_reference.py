@@ -385,24 +385,18 @@ def _nfe_table(solver_name, tol):
     return {name: _nfe(solver_name, tol, name) for name in NAMES}
 
 
+# Our I controller (beta = 0) is diffrax's: the same steps within 10% in total and 20% per
+# problem. The default PI controller takes other steps, so the bounds are wider (20%, 30%).
+@pytest.mark.parametrize(("controller", "total_tol", "each_tol"), [("i", 0.10, 0.20),
+                                                                  ("pi", 0.20, 0.30)])
 @pytest.mark.parametrize("tol", NFE_TOLS)
 @pytest.mark.parametrize("solver_name", ["Tsit5", "Dopri5"])
-def test_nfe_i_controller_matches_diffrax(solver_name, tol):
+def test_nfe_close_to_diffrax(solver_name, tol, controller, total_tol, each_tol):
     table = _nfe_table(solver_name, tol)
-    ratios = {n: r["i"] / r["theirs"] for n, r in table.items()}
-    total = sum(r["i"] for r in table.values()) / sum(r["theirs"] for r in table.values())
-    assert abs(total - 1.0) <= 0.10, (total, ratios)
-    assert all(abs(r - 1.0) <= 0.20 for r in ratios.values()), ratios
-
-
-@pytest.mark.parametrize("tol", NFE_TOLS)
-@pytest.mark.parametrize("solver_name", ["Tsit5", "Dopri5"])
-def test_nfe_default_pi_controller_close_to_diffrax(solver_name, tol):
-    table = _nfe_table(solver_name, tol)
-    ratios = {n: r["pi"] / r["theirs"] for n, r in table.items()}
-    total = sum(r["pi"] for r in table.values()) / sum(r["theirs"] for r in table.values())
-    assert abs(total - 1.0) <= 0.20, (total, ratios)
-    assert all(0.7 <= r <= 1.3 for r in ratios.values()), ratios
+    ratios = {n: r[controller] / r["theirs"] for n, r in table.items()}
+    total = sum(r[controller] for r in table.values()) / sum(r["theirs"] for r in table.values())
+    assert abs(total - 1.0) <= total_tol, (total, ratios)
+    assert all(abs(r - 1.0) <= each_tol for r in ratios.values()), ratios
 
 
 @pytest.mark.parametrize("tol", NFE_TOLS)
