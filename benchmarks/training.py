@@ -417,8 +417,9 @@ T2_OBS = 30  # points read by the recognition network (the first of the preset's
 
 def t2_workload() -> Workload:
     from experiments import spirals
+    from experiments._common import resolve_config
 
-    cfg = spirals.resolve_config("small", [])
+    cfg = resolve_config(spirals.PRESETS, "small", [])
     dtype = jnp.float32
     seed = 0
     data = spirals.SpiralData(cfg, seed, dtype)
@@ -428,14 +429,8 @@ def t2_workload() -> Workload:
     scale = data.scale
 
     def build(adjoint):
-        # spirals._latent_model with the adjoint as an instance (the same key: same parameters)
-        model = nde.nn.LatentODE(
-            2, cfg["latent_size"], cfg["hidden_size"], cfg["field_width"],
-            cfg["decoder_width"], encoder=cfg["encoder"],
-            decoder_activation=spirals._ACTIVATIONS[cfg["decoder_activation"]],
-            obs_std=cfg["obs_std"] / scale, rtol=cfg["rtol"], atol=cfg["atol"],
-            adjoint=adjoint, key=key,
-        )
+        # the experiment's model with the adjoint as an instance (the same key: same parameters)
+        model = spirals._latent_model(cfg, cfg["encoder"], key, scale).with_solve(adjoint=adjoint)
         return cast_floats(model, dtype)
 
     models = {}
@@ -460,8 +455,8 @@ def t2_workload() -> Workload:
             # LatentODE.elbo with the solve replaced by diffrax's
             mean, logvar = model.encoder(values, times, enc & mask)
             z0 = model.sample_z0(key, mean, logvar)
-            sol = diffrax_solve(wrap(model.field), z0, times, method, "Tsit5", model.rtol,
-                                model.atol, model.max_steps)
+            sol = diffrax_solve(wrap(model.field), z0, times, method, "Tsit5",
+                                model.solve.rtol, model.solve.atol, model.solve.max_steps)
             loglik = nde.nn.gaussian_log_likelihood(values, model.decode(sol.ys), mask,
                                                     model.obs_std)
             return loglik - nde.nn.diagonal_gaussian_kl(mean, logvar), sol.stats["num_steps"]
@@ -529,10 +524,11 @@ def t3_workload(tol: float = T3_TOL) -> Workload:
                                    dtype=dtype)
 
     def build(adjoint):
+        solve = nde.nn.SolveOptions(solver=nde.Tsit5(), rtol=cfg["rtol"], atol=cfg["atol"],
+                                    adjoint=adjoint)
         model = nde.nn.ffjord_cnf(
             2, width=cfg["ffjord_width"], depth=cfg["ffjord_depth"], t0=0.0,
-            t1=cfg["ffjord_t1"], rtol=cfg["rtol"], atol=cfg["atol"], solver=nde.Tsit5(),
-            adjoint=adjoint, key=jax.random.key(1),
+            t1=cfg["ffjord_t1"], solve=solve, key=jax.random.key(1),
         )
         return cast_floats(model, dtype)
 
@@ -563,9 +559,9 @@ def t3_workload(tol: float = T3_TOL) -> Workload:
                     diffrax.ODETerm(dynamics), diffrax.Tsit5(), t0=ts[0], t1=ts[1], dt0=None,
                     y0=(xi, jnp.zeros((), dtype)), args=eps,
                     saveat=diffrax.SaveAt(t1=True),
-                    stepsize_controller=diffrax.PIDController(rtol=model.rtol,
-                                                              atol=model.atol),
-                    adjoint=method.adjoint, max_steps=model.max_steps,
+                    stepsize_controller=diffrax.PIDController(rtol=model.solve.rtol,
+                                                              atol=model.solve.atol),
+                    adjoint=method.adjoint, max_steps=model.solve.max_steps,
                 )
                 z1, ell = sol.ys[0][-1], sol.ys[1][-1]
                 return model.base.log_prob(z1) + ell, sol.stats["num_steps"]
@@ -619,7 +615,7 @@ def t4_workload() -> Workload:
     def model_for(m: Method):
         if m.name not in models:
             adj = m.adjoint if m.lib == "ours" else default_adjoint()
-            models[m.name] = mnist.with_block_options(base, adjoint=adj)
+            models[m.name] = base.with_solve(adjoint=adj)
         return models[m.name]
 
     def loss_for(method: Method, wrap):
@@ -640,8 +636,8 @@ def t4_workload() -> Workload:
             b = model.block
             h = model.features(x)
             ts = jnp.asarray([b.t0, b.t1], h.dtype)
-            sol = diffrax_solve(wrap(b.field), h, ts, method, solver, b.rtol, b.atol,
-                                b.max_steps, save_ts=False)
+            sol = diffrax_solve(wrap(b.field), h, ts, method, solver, b.solve.rtol,
+                                b.solve.atol, b.solve.max_steps, save_ts=False)
             logits = jax.vmap(model.head)(sol.ys[-1])
             return mnist.cross_entropy(logits, y), {
                 "steps": sol.stats["num_steps"].astype(jnp.float32)}
