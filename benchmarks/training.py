@@ -1,6 +1,6 @@
 """Training-step benchmarks: full optimisation steps of neural ODEs against diffrax.
 
-    .venv/bin/python benchmarks/training.py [--quick] [--cases T1,T2,...] [--json out.json]
+    .venv/bin/python -m benchmarks.training [--quick] [--cases T1,T2,...] [--json out.json]
                                             [--modes NAME,...] [--plot sweep.png]
 
 One *training step* is what a user compiles: ``eqx.filter_value_and_grad`` of the loss and an
@@ -49,7 +49,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import _common as C  # enables float64 (the float32 cases cast explicitly)
 import diffrax
 import equinox as eqx
 import jax
@@ -58,10 +57,7 @@ import numpy as np
 import optax
 
 import neuralode as nde
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the experiments package builds T2-T4
-    sys.path.insert(0, str(ROOT))
+from benchmarks import _common as C  # the package enables float64 (float32 cases cast)
 
 # --------------------------------------------------------------------------------------
 # Gradient modes: name -> adjoint instance. One line per mode.
@@ -1071,7 +1067,8 @@ def report(data: dict) -> str:
 
 
 def cli():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.training",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: few rounds, short sweep")
     p.add_argument("--cases", help=f"comma-separated subset of {list(ALL_CASES + FULL_EXTRA)}")
     p.add_argument("--modes", help="comma-separated gradient modes to run (the reference, "
@@ -1110,7 +1107,7 @@ def cli():
     data["info"] = info
     data["info"]["load average (after)"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     data["total_s"] = time.perf_counter() - t0
-    data["command"] = " ".join([".venv/bin/python", "benchmarks/training.py"] + sys.argv[1:])
+    data["command"] = " ".join([".venv/bin/python", "-m", "benchmarks.training"] + sys.argv[1:])
     if a.json and data.get("sweep", {}).get("plot"):  # link the plot relative to the JSON
         data["sweep"]["plot"] = os.path.relpath(data["sweep"]["plot"],
                                                 Path(a.json).resolve().parent)
