@@ -30,7 +30,7 @@ lint: $(STAMP)
 ## bench: peer comparisons (installs diffrax, torch 2.13.0 CPU and torchdiffeq)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,experiments,bench]'
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks.run
 
 ## notebooks: execute every notebook in full mode and store its outputs in place
 notebooks: $(STAMP)

@@ -1,15 +1,15 @@
 """Shared pieces of the benchmark scripts: problems, peers' call conventions, timing, tables.
 
-Not a library: the scripts in this folder import it, nothing else does. Everything here runs
-on the CPU of whatever machine it is started on; 64-bit floats are enabled at import so the
-float64 problems are float64 (the float32 problems cast explicitly).
+Not a library: the scripts in this folder import it (``from benchmarks import _common as C``),
+nothing else does. Everything here runs on the CPU of whatever machine it is started on; 64-bit
+floats are enabled by importing the package (``benchmarks/__init__.py``), so the float64
+problems are float64 (the float32 problems cast explicitly).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import logging
 import os
 import platform
 import statistics
@@ -18,16 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-jax.config.update("jax_enable_x64", True)
-# Runtime errors raised inside compiled code (equinox's error_if) are caught and reported by
-# the scripts as results; keep jax from also logging each one's traceback.
-logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
-
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import neuralode as nde  # noqa: E402
+import neuralode as nde
 
 # --------------------------------------------------------------------------------------
 # Problems

@@ -1,6 +1,6 @@
 """Derivative benchmark: forward mode and second order, neuralode's modes vs diffrax.
 
-    .venv/bin/python benchmarks/derivatives.py [--quick] [--json out.json]
+    .venv/bin/python -m benchmarks.derivatives [--quick] [--json out.json]
 
 On the MLP field 2-64-64-2 (tanh, float32, t in [0, 1], 11 output times, Tsit5, rtol 1e-3,
 atol 1e-6), a batch of 64 initial states ``vmap`` ped (each its own steps):
@@ -22,12 +22,12 @@ import argparse
 import json
 import time
 
-import _common as C
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import neuralode as nde
+from benchmarks import _common as C
 
 SIZES = (2, 64, 64, 2)
 BATCH = 64
@@ -142,7 +142,8 @@ def run_case(name, builders, args, repeats, budget_s, log):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.derivatives",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--json", help="write the results here")
     opts = parser.parse_args()

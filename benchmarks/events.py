@@ -1,6 +1,6 @@
 """Event benchmark: locating the impacts of a bouncing ball, and differentiating them.
 
-    .venv/bin/python benchmarks/events.py [--quick] [--json out.json]
+    .venv/bin/python -m benchmarks.events [--quick] [--json out.json]
 
 A ball dropped from 1 m (g = 9.81, restitution e = 0.8) bounces 6 times: one event-terminated
 solve per bounce (the height falling through zero), restarted from the ground with velocity
@@ -23,12 +23,12 @@ import argparse
 import json
 import time
 
-import _common as C
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import neuralode as nde
+from benchmarks import _common as C
 
 jax.config.update("jax_enable_x64", True)
 
@@ -124,7 +124,8 @@ def _timed(fn, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.events",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json")
     opts = parser.parse_args()

@@ -1,6 +1,6 @@
 """Forward-solve benchmark: neuralode vs diffrax vs jax.experimental.ode vs a fixed-step floor.
 
-    .venv/bin/python benchmarks/forward.py [--quick]
+    .venv/bin/python -m benchmarks.forward [--quick]
 
 Cases: (a) 2-64-64-2 tanh MLP on a (256, 2) batch and (b) 64-512-64 tanh MLP on a (512, 64)
 batch (float32, rtol 1e-3, atol 1e-6, t in [0, 1]); (c) Van der Pol, mu = 1, t in [0, 20],
@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-import _common as C
 import jax.numpy as jnp
 import numpy as np
 
 import neuralode as nde
+from benchmarks import _common as C
 
 SOLVERS = {"Tsit5": nde.Tsit5(), "Dopri5": nde.Dopri5()}
 
@@ -182,7 +182,8 @@ def markdown(out) -> str:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.forward",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
     a = p.parse_args()
     res = main(quick=a.quick, log=lambda s: print(s, file=sys.stderr))

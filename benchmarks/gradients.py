@@ -1,6 +1,6 @@
 """Gradient benchmark: neuralode's adjoints vs diffrax, jax.experimental.ode and torchdiffeq.
 
-    .venv/bin/python benchmarks/gradients.py [--quick]
+    .venv/bin/python -m benchmarks.gradients [--quick]
 
 Four parts:
 
@@ -21,12 +21,12 @@ import signal
 import sys
 import time
 
-import _common as C
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import neuralode as nde
+from benchmarks import _common as C
 
 # A gradient whose relative error to a tight reference exceeds this (far more than the
 # tolerances of these cases allow: they give 1e-5 to 1e-2) is reported as wrong.
@@ -473,7 +473,8 @@ def markdown(out) -> str:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gradients",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
     a = p.parse_args()
     res = main(quick=a.quick, log=lambda s: print(s, file=sys.stderr))

@@ -3,23 +3,20 @@ the benchmark's output times) and the gradient (our adjoints against diffrax's t
 same solver, tolerances and max_steps), plus a FLOP count.
 
 A short check for a quiet machine (the full comparison with interleaved rounds is
-``benchmarks/run.py``). Run: ``.venv/bin/python benchmarks/mlp_check.py [a|b]``.
+``python -m benchmarks.run``). Run: ``.venv/bin/python -m benchmarks.mlp_check [a|b]``.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import _common as C  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import neuralode as nde  # noqa: E402
+import neuralode as nde
+from benchmarks import _common as C
 
 
 def _time(fn, *args, repeats=7):
@@ -89,4 +86,9 @@ def main(which: str = "b") -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "b")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.mlp_check",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("case", nargs="?", choices=("a", "b"), default="b",
+                   help="MLP case (a) 2-64-64-2 on a (256, 2) batch or (b) 64-512-64 on a "
+                        "(512, 64) batch (default b)")
+    main(p.parse_args().case)

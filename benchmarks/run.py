@@ -1,6 +1,6 @@
 """Run the training-step, forward and gradient benchmarks and write docs/benchmarks.md.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--out docs/benchmarks.md]
+    .venv/bin/python -m benchmarks.run [--quick] [--out docs/benchmarks.md]
                                        [--families training,forward,gradients]
 
 The report holds the command, the machine, every table (the training-step family first, then
@@ -22,10 +22,8 @@ import time
 import types
 from pathlib import Path
 
-import _common as C
-import forward
-import gradients
-import training
+from benchmarks import _common as C
+from benchmarks import forward, gradients, training
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,7 +156,8 @@ def _plain(obj):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: fewer cases and repeats")
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     p.add_argument("--save", default=str(Path(tempfile.gettempdir()) / "neuralode_bench.pkl"),
@@ -190,7 +189,7 @@ def main():
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         data.setdefault("refreshed", []).append(
             f"the backward-solve table (seminorm on/off) was re-measured on {stamp} with "
-            f"`.venv/bin/python benchmarks/run.py --refresh-backward PICKLE` after the full "
+            f"`.venv/bin/python -m benchmarks.run --refresh-backward PICKLE` after the full "
             "norm became the larger of the state and parameter channels' RMS norms")
         with open(a.refresh_backward, "wb") as fh:
             pickle.dump(data, fh)
@@ -220,7 +219,7 @@ def main():
             t0 = time.perf_counter()
             data["gradients"] = gradients.main(quick=a.quick, log=log)
             data["grad_s"] = time.perf_counter() - t0
-        command = ".venv/bin/python benchmarks/run.py" + (" --quick" if a.quick else "")
+        command = ".venv/bin/python -m benchmarks.run" + (" --quick" if a.quick else "")
         if families != {"training", "forward", "gradients"}:
             command += f" --families {a.families}"
         data = _plain(dict(

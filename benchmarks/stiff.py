@@ -1,6 +1,6 @@
 """Stiff-solver benchmark: neuralode Rodas5 / Kvaerno5 vs diffrax Kvaerno5, scipy Radau / BDF.
 
-    .venv/bin/python benchmarks/stiff.py [--quick] [--repeats N]
+    .venv/bin/python -m benchmarks.stiff [--quick] [--repeats N]
 
 The four Hairer-Wanner stiff problems (float64), each at the tolerances of issue #15: Robertson
 on [0, 1e5] (rtol 1e-6, atol 1e-10), VDPOL with epsilon = 1e-6 on [0, 2] (rtol = atol = 1e-6),
@@ -22,12 +22,12 @@ import statistics
 import sys
 import time
 
-import _common as C
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import neuralode as nde
+from benchmarks import _common as C
 
 # ---------------------------------------------------------------------------------------------
 # Problems: (JAX field, NumPy field, NumPy Jacobian, y0, args, t_end, rtol, atol, reference)
@@ -230,7 +230,8 @@ def bench(name, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.stiff",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--only", default=None, help="one problem name")

@@ -1,6 +1,6 @@
 """Training-step benchmarks: full optimisation steps of neural ODEs against diffrax.
 
-    .venv/bin/python benchmarks/training.py [--quick] [--cases T1,T2,...] [--json out.json]
+    .venv/bin/python -m benchmarks.training [--quick] [--cases T1,T2,...] [--json out.json]
                                             [--modes NAME,...] [--plot sweep.png]
 
 One *training step* is what a user compiles: ``eqx.filter_value_and_grad`` of the loss and an
@@ -49,7 +49,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import _common as C  # enables float64 (the float32 cases cast explicitly)
 import diffrax
 import equinox as eqx
 import jax
@@ -58,10 +57,7 @@ import numpy as np
 import optax
 
 import neuralode as nde
-
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the experiments package builds T2-T4
-    sys.path.insert(0, str(ROOT))
+from benchmarks import _common as C  # the package enables float64 (float32 cases cast)
 
 # --------------------------------------------------------------------------------------
 # Gradient modes: name -> adjoint instance. One line per mode.
@@ -417,8 +413,9 @@ T2_OBS = 30  # points read by the recognition network (the first of the preset's
 
 def t2_workload() -> Workload:
     from experiments import spirals
+    from experiments._common import resolve_config
 
-    cfg = spirals.resolve_config("small", [])
+    cfg = resolve_config(spirals.PRESETS, "small", [])
     dtype = jnp.float32
     seed = 0
     data = spirals.SpiralData(cfg, seed, dtype)
@@ -428,14 +425,8 @@ def t2_workload() -> Workload:
     scale = data.scale
 
     def build(adjoint):
-        # spirals._latent_model with the adjoint as an instance (the same key: same parameters)
-        model = nde.nn.LatentODE(
-            2, cfg["latent_size"], cfg["hidden_size"], cfg["field_width"],
-            cfg["decoder_width"], encoder=cfg["encoder"],
-            decoder_activation=spirals._ACTIVATIONS[cfg["decoder_activation"]],
-            obs_std=cfg["obs_std"] / scale, rtol=cfg["rtol"], atol=cfg["atol"],
-            adjoint=adjoint, key=key,
-        )
+        # the experiment's model with the adjoint as an instance (the same key: same parameters)
+        model = spirals._latent_model(cfg, cfg["encoder"], key, scale).with_solve(adjoint=adjoint)
         return cast_floats(model, dtype)
 
     models = {}
@@ -460,8 +451,8 @@ def t2_workload() -> Workload:
             # LatentODE.elbo with the solve replaced by diffrax's
             mean, logvar = model.encoder(values, times, enc & mask)
             z0 = model.sample_z0(key, mean, logvar)
-            sol = diffrax_solve(wrap(model.field), z0, times, method, "Tsit5", model.rtol,
-                                model.atol, model.max_steps)
+            sol = diffrax_solve(wrap(model.field), z0, times, method, "Tsit5",
+                                model.solve.rtol, model.solve.atol, model.solve.max_steps)
             loglik = nde.nn.gaussian_log_likelihood(values, model.decode(sol.ys), mask,
                                                     model.obs_std)
             return loglik - nde.nn.diagonal_gaussian_kl(mean, logvar), sol.stats["num_steps"]
@@ -529,10 +520,11 @@ def t3_workload(tol: float = T3_TOL) -> Workload:
                                    dtype=dtype)
 
     def build(adjoint):
+        solve = nde.nn.SolveOptions(solver=nde.Tsit5(), rtol=cfg["rtol"], atol=cfg["atol"],
+                                    adjoint=adjoint)
         model = nde.nn.ffjord_cnf(
             2, width=cfg["ffjord_width"], depth=cfg["ffjord_depth"], t0=0.0,
-            t1=cfg["ffjord_t1"], rtol=cfg["rtol"], atol=cfg["atol"], solver=nde.Tsit5(),
-            adjoint=adjoint, key=jax.random.key(1),
+            t1=cfg["ffjord_t1"], solve=solve, key=jax.random.key(1),
         )
         return cast_floats(model, dtype)
 
@@ -563,9 +555,9 @@ def t3_workload(tol: float = T3_TOL) -> Workload:
                     diffrax.ODETerm(dynamics), diffrax.Tsit5(), t0=ts[0], t1=ts[1], dt0=None,
                     y0=(xi, jnp.zeros((), dtype)), args=eps,
                     saveat=diffrax.SaveAt(t1=True),
-                    stepsize_controller=diffrax.PIDController(rtol=model.rtol,
-                                                              atol=model.atol),
-                    adjoint=method.adjoint, max_steps=model.max_steps,
+                    stepsize_controller=diffrax.PIDController(rtol=model.solve.rtol,
+                                                              atol=model.solve.atol),
+                    adjoint=method.adjoint, max_steps=model.solve.max_steps,
                 )
                 z1, ell = sol.ys[0][-1], sol.ys[1][-1]
                 return model.base.log_prob(z1) + ell, sol.stats["num_steps"]
@@ -619,7 +611,7 @@ def t4_workload() -> Workload:
     def model_for(m: Method):
         if m.name not in models:
             adj = m.adjoint if m.lib == "ours" else default_adjoint()
-            models[m.name] = mnist.with_block_options(base, adjoint=adj)
+            models[m.name] = base.with_solve(adjoint=adj)
         return models[m.name]
 
     def loss_for(method: Method, wrap):
@@ -640,8 +632,8 @@ def t4_workload() -> Workload:
             b = model.block
             h = model.features(x)
             ts = jnp.asarray([b.t0, b.t1], h.dtype)
-            sol = diffrax_solve(wrap(b.field), h, ts, method, solver, b.rtol, b.atol,
-                                b.max_steps, save_ts=False)
+            sol = diffrax_solve(wrap(b.field), h, ts, method, solver, b.solve.rtol,
+                                b.solve.atol, b.solve.max_steps, save_ts=False)
             logits = jax.vmap(model.head)(sol.ys[-1])
             return mnist.cross_entropy(logits, y), {
                 "steps": sol.stats["num_steps"].astype(jnp.float32)}
@@ -1075,7 +1067,8 @@ def report(data: dict) -> str:
 
 
 def cli():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.training",
+                                description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: few rounds, short sweep")
     p.add_argument("--cases", help=f"comma-separated subset of {list(ALL_CASES + FULL_EXTRA)}")
     p.add_argument("--modes", help="comma-separated gradient modes to run (the reference, "
@@ -1114,7 +1107,7 @@ def cli():
     data["info"] = info
     data["info"]["load average (after)"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     data["total_s"] = time.perf_counter() - t0
-    data["command"] = " ".join([".venv/bin/python", "benchmarks/training.py"] + sys.argv[1:])
+    data["command"] = " ".join([".venv/bin/python", "-m", "benchmarks.training"] + sys.argv[1:])
     if a.json and data.get("sweep", {}).get("plot"):  # link the plot relative to the JSON
         data["sweep"]["plot"] = os.path.relpath(data["sweep"]["plot"],
                                                 Path(a.json).resolve().parent)
