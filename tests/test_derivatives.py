@@ -230,7 +230,7 @@ def test_half_precision_neural_field():
     field16 = jax.tree.map(lambda x: x.astype(jnp.float16) if eqx.is_array(x) else x, field)
     y0 = jnp.array([0.5, -0.2])
     ts = jnp.linspace(0.0, 1.0, 3)
-    ref = nde.odeint(field, y0.astype(jnp.float32), ts, rtol=1e-7, atol=1e-7).ys
+    ref = nde.odeint(field, y0, ts, rtol=1e-9, atol=1e-9).ys
     for mode in MODES.values():
         sol = nde.odeint(field16, y0.astype(jnp.float16), ts, rtol=1e-2, atol=1e-2,
                          adjoint=mode)
@@ -241,7 +241,7 @@ def test_half_precision_neural_field():
 
         g = eqx.filter_grad(loss16)(field16)
         g_ref = eqx.filter_grad(lambda f: jnp.sum(
-            nde.odeint(f, y0.astype(jnp.float32), ts, rtol=1e-7, atol=1e-7).ys ** 2))(field)
+            nde.odeint(f, y0, ts, rtol=1e-9, atol=1e-9).ys ** 2))(field)
         w, w_ref = g.mlp.layers[0].weight, g_ref.mlp.layers[0].weight
         assert w.dtype == jnp.float16
         rel = float(jnp.linalg.norm(w.astype(jnp.float32) - w_ref) / jnp.linalg.norm(w_ref))
