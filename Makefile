@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint bench notebooks clean
+.PHONY: demo test lint bench notebooks docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,5 +41,13 @@ notebooks: $(STAMP)
 	nbformat.write(nb, p)" $$nb || exit 1; \
 	done
 
+## docs: build the documentation site into site/ (mkdocs build --strict; not committed)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+## docs-serve: serve the documentation site at http://127.0.0.1:8000, rebuilt on every edit
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .cache .pytest_cache .ruff_cache
