@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,experiments]'
+	$(PY) -m pip install --quiet -e '.[dev,experiments,docs]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m experiments.spirals --preset small --out runs/spirals-small
 
-## test: set up .venv and run the test suite (slow tests excluded) plus ruff
+## test: set up .venv and run the test suite (slow tests excluded) plus ruff; the suite also
+## builds the documentation site with --strict and runs its code blocks (tests/test_docs.py)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
