@@ -4,12 +4,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint bench notebooks clean
+.PHONY: demo test lint bench notebooks docs docs-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,experiments]'
+	$(PY) -m pip install --quiet -e '.[dev,experiments,docs]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m experiments.spirals --preset small --out runs/spirals-small
 
-## test: set up .venv and run the test suite (slow tests excluded) plus ruff
+## test: set up .venv and run the test suite (slow tests excluded) plus ruff; the suite also
+## builds the documentation site with --strict and runs its code blocks (tests/test_docs.py)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
@@ -41,5 +42,13 @@ notebooks: $(STAMP)
 	nbformat.write(nb, p)" $$nb || exit 1; \
 	done
 
+## docs: build the documentation site into site/ (mkdocs build --strict; not committed)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+## docs-serve: serve the documentation site at http://127.0.0.1:8000, rebuilt on every edit
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .cache .pytest_cache .ruff_cache
