@@ -52,7 +52,7 @@ def main(argv=None):
 
     ts = jnp.linspace(0.0, 25.0, 1000)
     y0 = jnp.array([2.0, 0.0])
-    truth = nde.odeint(true_field, y0, ts, solver=nde.Dopri5(), rtol=1e-7, atol=1e-9).ys
+    truth = nde.odeint(true_field, y0, ts, solver=nde.Dopri5(), rtol=1e-6, atol=1e-8).ys
 
     key = jax.random.PRNGKey(cfg.seed)
     key, init_key = jax.random.split(key)

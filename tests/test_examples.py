@@ -43,10 +43,11 @@ def test_bouncing_ball_example_fits_the_restitution():
 
 
 def test_neural_event_example_learns_the_boundary():
-    out = _run("neural_event", "--steps", "60", "--trajectories", "8")
-    rmse = out.split("exit-time RMSE:")[1].split()
-    initial, final = float(rmse[0]), float(rmse[3])
-    assert final**2 < 0.2 * initial**2, out
+    out = _run("neural_event", "--steps", "100", "--trajectories", "8")
+    # "exit-time RMSE: <initial> (unit circle) -> <final> (learned)"
+    rmse = out.split("exit-time RMSE:")[1].split("->")
+    initial, final = float(rmse[0].split()[0]), float(rmse[1].split()[0])
+    assert final < 0.25 * initial, out
 
 
 def test_robertson_fit_example_reduces_the_loss():
