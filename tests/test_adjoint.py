@@ -591,7 +591,8 @@ def test_zero_size_state(mode):
                                            adjoint=MODES[mode]).ys))(jnp.zeros((0,)))
 
 
-@pytest.mark.parametrize("checkpoints", [2, 4, 16])
+@pytest.mark.parametrize("checkpoints", [2, pytest.param(4, marks=pytest.mark.slow),
+                                         pytest.param(16, marks=pytest.mark.slow)])
 def test_replayed_checkpoints_give_the_same_gradients(checkpoints):
     """With fewer checkpoints than steps the backward pass replays segments from the record
     (several levels deep): CheckpointAdjoint's gradient is unchanged to the last bit, the

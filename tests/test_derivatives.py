@@ -24,6 +24,13 @@ MODES = {
     "forward": nde.ForwardMode(),
 }
 REVERSE = ["checkpoint", "backsolve", "interpolated"]
+# Every mode runs every test; in the default (fast) suite the costly second-order tests run
+# for the default mode and ForwardMode, the closed-form test of every order for all four.
+SLOW = pytest.mark.slow
+
+
+def _modes(names, fast=("checkpoint", "forward")):
+    return [n if n in fast else pytest.param(n, marks=SLOW) for n in names]
 
 A1 = jnp.array([[-0.4, 1.0], [-1.0, -0.2]])
 A2 = jnp.array([[0.3, 0.0], [0.5, -0.6]])
@@ -91,7 +98,7 @@ def test_derivatives_of_a_linear_system_match_the_matrix_exponential(computed, e
     assert float(jnp.max(jnp.abs(exact["hessian"][0][0]))) > 0.1
 
 
-@pytest.mark.parametrize("mode", ["checkpoint", "backsolve"])
+@pytest.mark.parametrize("mode", _modes(["checkpoint", "backsolve"]))
 def test_second_order_under_vmap(mode):
     """Per-sample Hessians under vmap (each sample its own steps) and the Hessian of a
     vmapped loss with shared parameters."""
@@ -131,7 +138,7 @@ class _MLPField(eqx.Module):
         return self.mlp(jnp.concatenate([y, jnp.atleast_1d(t)]))
 
 
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", _modes(list(MODES)))
 def test_hessian_of_a_neural_field_matches_finite_differences_of_its_gradient(mode):
     field = _MLPField(eqx.nn.MLP(3, 2, 6, 1, activation=jnp.tanh, key=jax.random.key(1)))
     params, static = eqx.partition(field, eqx.is_array)
@@ -164,7 +171,7 @@ def _small_loss(mode):
     return loss
 
 
-@pytest.mark.parametrize("mode", REVERSE)
+@pytest.mark.parametrize("mode", _modes(REVERSE))
 def test_check_grads_second_order_reverse(mode):
     """The check jax.experimental.ode's own tests make: reverse mode, to second order."""
     check_grads(_small_loss(MODES[mode]), (THETA, Y0), order=2, modes=["rev"], atol=1e-4,
