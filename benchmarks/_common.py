@@ -529,3 +529,17 @@ def md_table(headers, rows) -> str:
     for row in rows:
         lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+def run_cli(name: str, doc: str, main: Callable, markdown: Callable) -> None:
+    """The command line of a benchmark whose ``main(quick, log)`` returns results that
+    ``markdown`` renders: ``python -m benchmarks.<name> [--quick]`` prints the report."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}",
+                                description=doc.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
+    a = p.parse_args()
+    res = main(quick=a.quick, log=lambda s: print(s, file=sys.stderr))
+    print(markdown(res))

@@ -12,9 +12,6 @@ number of steps (so the same NFE) as neuralode's solve, without error control or
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 
@@ -182,9 +179,4 @@ def markdown(out) -> str:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="python -m benchmarks.forward",
-                                description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
-    a = p.parse_args()
-    res = main(quick=a.quick, log=lambda s: print(s, file=sys.stderr))
-    print(markdown(res))
+    C.run_cli("forward", __doc__, main, markdown)

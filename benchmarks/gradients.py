@@ -16,9 +16,7 @@ Four parts:
 
 from __future__ import annotations
 
-import argparse
 import signal
-import sys
 import time
 
 import jax
@@ -473,9 +471,4 @@ def markdown(out) -> str:
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gradients",
-                                description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="few repeats: a smoke run")
-    a = p.parse_args()
-    res = main(quick=a.quick, log=lambda s: print(s, file=sys.stderr))
-    print(markdown(res))
+    C.run_cli("gradients", __doc__, main, markdown)
