@@ -14,8 +14,10 @@ run: fewer cases and repeats, numbers not meant to be quoted; it writes to the s
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
+import shutil
 import sys
 import tempfile
 import time
@@ -171,6 +173,10 @@ def main():
                    help="re-measure only the backward-solve statistics (seminorm on/off, "
                         "deterministic step counts) with the current code on the saved "
                         "results' cases, save them back and re-render")
+    p.add_argument("--training-json", metavar="JSON",
+                   help="take the training family from a saved `python -m benchmarks.training "
+                        "--json JSON --plot PNG` run (the PNG beside the JSON, or the "
+                        "--plot path it recorded) instead of running it")
     a = p.parse_args()
 
     def log(msg):
@@ -205,6 +211,17 @@ def main():
         out = Path(a.out)
         plot = out.with_name(out.stem + "_t1_sweep.png")
         data = dict(info=info, quick=a.quick)
+        if a.training_json:
+            data["training"] = json.loads(Path(a.training_json).read_text())
+            data["train_s"] = data["training"].get("total_s", float("nan"))
+            sweep = data["training"].get("sweep", {})
+            if sweep.get("plot"):
+                shutil.copyfile(Path(a.training_json).parent / sweep["plot"], plot)
+                sweep["plot"] = plot.name
+            families.discard("training")
+            command_extra = f" --training-json {a.training_json}"
+        else:
+            command_extra = ""
         if "training" in families:
             t0 = time.perf_counter()
             data["training"] = training.main(quick=a.quick, plot=str(plot), log=log)
@@ -222,6 +239,7 @@ def main():
         command = ".venv/bin/python -m benchmarks.run" + (" --quick" if a.quick else "")
         if families != {"training", "forward", "gradients"}:
             command += f" --families {a.families}"
+        command += command_extra
         data = _plain(dict(
             data, command=command,
             load_after=" ".join(f"{x:.2f}" for x in os.getloadavg()),
