@@ -17,8 +17,11 @@ One loop serves four purposes, switched on statically:
 Step-size decisions never carry derivatives (``lax.stop_gradient``): derivatives of a solve are
 those of the discrete method with its steps held fixed.
 
-The loop state is packed into a few arrays with named slots (each array of the carry costs its
-own update kernel per step, which dominates the step cost of small systems on CPU).
+On CPU the step cost of small systems is the number of kernels XLA runs per step, not the
+arithmetic, so the loop is written for few kernels: the state, its derivative and the float
+slots travel as one flat array (one update kernel), the int slots are updated by one vector
+expression, the next attempt is decided at the end of the previous step, and conditionals
+read the loop carry rather than values computed for them outside (see :func:`run`).
 """
 
 from __future__ import annotations
@@ -210,13 +213,20 @@ class Outputs:
         n_out = self.taus.shape[0]
         return jnp.full((n_out, y0.shape[0]), jnp.nan, y0.dtype).at[0].set(y0)
 
-    def write(self, g, cfg: LoopConfig, ys, i_out, t, y, h, t1, y1, res, accepted, t_end,
-              direction=1.0):
-        """Write the outputs inside an accepted step ``(t, t1]``: returns ``ys, i_out, nfe``."""
+    def write(self, g, cfg: LoopConfig, ys, ints, span, res, accepted, t_end, direction=1.0):
+        """Write the outputs inside an accepted step ``(t, t1]``: returns ``(ys, ints)`` with
+        the next output index ``ints[NEXT]`` advanced (and ``ints[NFE]`` by what the dense
+        output cost).
+
+        ``span() -> (t, y, h, t1, y1, res)`` is the step. It is called where its values are needed,
+        inside the conditional, so that the branch computes them from the loop carry instead
+        of taking them as operands (each a kernel of its own, outside).
+        """
         taus = self.taus
         n_out = taus.shape[0]
         solver = cfg.solver
-        zero = jnp.zeros((), jnp.int32)
+        t, y, h, t1, y1, res = span()
+        i_out = ints[NEXT]
         if (
             not solver.dense_costs_evaluations
             and n_out <= _SELECT_OUTPUTS_MAX
@@ -228,28 +238,37 @@ class Outputs:
             vals = eval_dense(y[None, :], coeffs[:, None, :], theta[:, None]).astype(ys.dtype)
             vals = jnp.where((taus == t1)[:, None], y1[None, :], vals)
             ys = jnp.where(inside[:, None], vals, ys)
-            return ys, i_out + jnp.sum(inside, dtype=i_out.dtype), zero
+            return ys, ints + jnp.sum(inside, dtype=ints.dtype) * _E[NEXT]
 
-        def write(carry):
-            i_out, ys = carry
+        def write(c):
+            ys, ints = c
+            t, y, h, t1, y1, res = span()
             coeffs, extra = solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
 
+            # The inner loop reads the step from the carry as well (under ``vmap`` the
+            # conditional becomes a select and the loop's operands would be kernels).
             def more(c):
                 i, _ = c
+                t1 = span()[3]
                 return (i < n_out) & (taus[jnp.minimum(i, n_out - 1)] <= t1)
 
             def one(c):
                 i, ys = c
+                t, y, h, t1, y1, _ = span()
                 theta = (taus[i] - t) / h
                 yi = jnp.where(taus[i] == t1, y1, eval_dense(y, coeffs, theta).astype(y1.dtype))
                 return i + 1, ys.at[i].set(yi)
 
-            i_out, ys = lax.while_loop(more, one, (i_out, ys))
-            return i_out, ys, jnp.asarray(extra, jnp.int32)
+            i1, ys = lax.while_loop(more, one, (ints[NEXT], ys))
+            # Elementwise (not a scatter: under ``vmap`` that would be a kernel of its own).
+            ints = ints + (i1 - ints[NEXT]) * _E[NEXT]
+            if solver.dense_costs_evaluations:
+                ints = ints + jnp.asarray(extra, ints.dtype) * _E[NFE]
+            return ys, ints
 
+        # The branch that writes nothing returns its operands unchanged (no copy).
         has = accepted & (i_out < n_out) & (taus[jnp.minimum(i_out, n_out - 1)] <= t1)
-        i_out, ys, extra = lax.cond(has, write, lambda c: (*c, zero), (i_out, ys))
-        return ys, i_out, extra
+        return lax.cond(has, write, lambda c: c, (ys, ints))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,18 +534,47 @@ def run(
     beta = solver.controller_beta
     limit = st.ints[STEPS] + cfg.max_steps if step_limit is None else step_limit
     n_stops = 0 if stops is None else stops.taus.shape[0]
+    n = st.y.shape[0]
+    tdt = st.fs.dtype
+    ydt, fdt = st.y.dtype, _head(st.f, cfg.quad).dtype
+    zt = 2 * n  # where the float slots start in the packed carry (see pack)
 
-    # Inside the loop the float slots are separate scalars (slicing them out of one array
-    # costs a kernel each per step on CPU, more than updating them separately).
+    def limit_of(i_stop):
+        """``(t_lim, has_stop, t_stop)``: where the attempt must end at the latest."""
+        if not n_stops:
+            return t_end, None, None
+        has_stop = i_stop < n_stops
+        t_stop = jnp.where(has_stop, stops.taus[jnp.minimum(i_stop, n_stops - 1)], t_end)
+        return jnp.minimum(t_stop, t_end), has_stop, t_stop
+
+    def attempt(t, h, i_stop):
+        """``(clip, h_eff)``: the next attempt, ``h`` clipped to land on a stop or the end."""
+        t_lim = limit_of(i_stop)[0]
+        clip = h >= t_lim - t
+        return clip, jnp.where(clip, t_lim - t, h)
+
+    # Inside the loop the state, its derivative, the float slots and the next attempt
+    # ``[y, f, T, H, PREV, h_eff, clip]`` travel as one flat array ``z`` in the time dtype
+    # (which holds the state's values exactly). The new ``z`` is one kernel where separate
+    # arrays cost an update kernel and a copy each per step. The attempt (the proposal clipped
+    # to the next stop or the end) is decided at the end of the previous step, inside that
+    # kernel: decided at the start of a step it costs kernels of its own, because XLA does not
+    # duplicate a scalar computed from the carry into the many stage kernels that read it.
     def pack(st):
-        return st.y, st.f, st.q, st.fs[T], st.fs[H], st.fs[PREV], st.ints
+        clip, h_eff = attempt(st.fs[T], st.fs[H], st.ints[NEXT])
+        z = jnp.concatenate([
+            st.y.astype(tdt), _head(st.f, cfg.quad).astype(tdt), st.fs,
+            jnp.stack([h_eff, clip.astype(tdt)]),
+        ])
+        return z, (st.f[1] if cfg.quad else None), st.q, st.ints
 
-    def unpack(y, f, q, t, h, prev, ints):
-        return LoopState(y, f, q, jnp.stack([t, h, prev]), ints)
+    def unpack(z, dq, q, ints):
+        y, f = z[:n].astype(ydt), z[n:zt].astype(fdt)
+        return LoopState(y, (f, dq) if cfg.quad else f, q, z[zt:zt + NUM_FLOAT], ints)
 
     def cond(carry):
-        (_, _, _, t, _, _, ints), _, _, node_buf, _ = carry
-        go = (t < t_end) & (ints[STEPS] < limit) & (ints[RESULT] == Result.successful)
+        (z, _, _, ints), _, _, node_buf, _ = carry
+        go = (z[zt + T] < t_end) & (ints[STEPS] < limit) & (ints[RESULT] == Result.successful)
         if count_end is not None:
             go = go & (ints[ACCEPTED] < count_end)
         if nodes is not None:
@@ -535,46 +583,38 @@ def run(
 
     def body(carry):
         state, ys, rec, node_buf, ev = carry
-        st = unpack(*state)
-        _, _, _, t, h, prev, _ = state
+
+        def view():
+            """The step's starting point, read from the carry. Called again where a value is
+            needed inside a conditional, so that the branch reads the carry itself instead of
+            a value materialised outside (a kernel of its own) for it."""
+            st = unpack(*state)
+            z = state[0]
+            h_eff, clip = z[zt + NUM_FLOAT], z[zt + NUM_FLOAT + 1] != 0
+            t_lim, has_stop, t_stop = limit_of(st.ints[NEXT])
+            t1 = jnp.where(clip, t_lim, st.fs[T] + h_eff)
+            return st, h_eff, clip, t1, (t_lim, has_stop, t_stop)
+
+        st, h_eff, clip, t1, (t_lim, has_stop, t_stop) = view()
+        t, h, prev = st.fs[T], st.fs[H], st.fs[PREV]
         rej_last = st.ints[REJ_LAST] != 0
-        if n_stops:
-            i_stop = st.ints[NEXT]
-            has_stop = i_stop < n_stops
-            t_stop = jnp.where(has_stop, stops.taus[jnp.minimum(i_stop, n_stops - 1)], t_end)
-            t_lim = jnp.minimum(t_stop, t_end)
-        else:
-            t_lim = t_end
-        clip = h >= t_lim - t
-        h_eff = jnp.where(clip, t_lim - t, h)
         res = solver.step(g, t, st.y, st.f, h_eff, t_end, cfg.quad, direction, tol=(rtol, atol))
-        t1 = jnp.where(clip, t_lim, t + h_eff)
         q1 = st.q + res.q_inc if cfg.quad else st.q
         ratio = lax.stop_gradient(
             error_ratio(res, st.y, res.y1, st.q, q1, rtol, atol, cfg)
         )
         finite = jnp.isfinite(ratio)
-        accepted = finite & (ratio <= 1.0)
+        accepted = ratio <= 1.0  # False for NaN: a non-finite step is rejected
         if res.ok is not None:
             accepted = accepted & res.ok
         nfe = jnp.asarray(res.nfe, jnp.int32)
-        t_out, y_out = t1, res.y1
+        y_out = res.y1
         if events is not None:
             ev, stop, tau_ev, y_ev, extra = events.check(
                 ev, g, cfg, t, st.y, h_eff, t1, res.y1, res, accepted, t_end, direction
             )
             nfe = nfe + extra
-            t_out = jnp.where(stop, tau_ev, t1)  # outputs only up to a terminal event
-            y_out = jnp.where(stop, y_ev, res.y1)
-
-        if outputs is not None:
-            ys, i_out, extra = outputs.write(
-                g, cfg, ys, st.ints[NEXT], t, st.y, h_eff, t_out, y_out, res, accepted, t_end,
-                direction,
-            )
-            nfe = nfe + extra
-        else:
-            i_out = st.ints[NEXT]
+            y_out = jnp.where(stop, y_ev, res.y1)  # outputs only up to a terminal event
 
         if recorder is not None:
             buf, level, k0 = rec
@@ -595,6 +635,41 @@ def run(
         h_new = jnp.minimum(h_eff * factor, dtmax)
         h_new = lax.stop_gradient(jnp.where(accepted & clip, jnp.maximum(h_new, h), h_new))
         t_new = jnp.where(accepted, t1, t)
+        if events is not None:
+            t_new = jnp.where(stop, tau_ev, t_new)
+
+        y_new = jnp.where(accepted, res.y1, st.y)
+        f_new = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), res.f1, st.f)
+        q_new = jnp.where(accepted, q1, st.q) if cfg.quad else st.q
+        next_idx = st.ints[NEXT]
+        jump_result = None
+        if n_stops:
+            i_stop = st.ints[NEXT]
+            landed = accepted & clip & has_stop & (t_stop <= t_end) & (t1 >= t_stop)
+            y_j, q_j, jump_result = stops.jump(jnp.minimum(i_stop, n_stops - 1), y_new, q_new)
+            y_new = jnp.where(landed, y_j, y_new)
+            if cfg.quad:
+                q_new = jnp.where(landed, q_j, q_new)
+            again = landed & (t1 < t_end)
+            f_new = lax.cond(again, lambda: g(t1, y_new), lambda: f_new)
+            nfe = nfe + again.astype(jnp.int32)
+            next_idx = i_stop + landed.astype(jnp.int32)
+            jump_result = jnp.where(landed, jump_result, Result.successful)
+
+        prev_new = jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev).astype(tdt)
+        t_new, h_new = t_new.astype(tdt), h_new.astype(tdt)
+        clip_new, h_eff_new = attempt(t_new, h_new, next_idx)
+        # One-element pieces, not a stacked block: under ``vmap`` a stacked block becomes a
+        # transposed kernel of its own, into which XLA fuses the controller's log and exp once
+        # for every slot that depends on the new step size.
+        slots = (t_new, h_new, prev_new, h_eff_new, clip_new.astype(tdt))
+        z = jnp.concatenate([
+            y_new.astype(tdt), _head(f_new, cfg.quad).astype(tdt),
+            *(jnp.reshape(v, (1,)) for v in slots),
+        ])
+        # The failure checks read the new time and step size from the new ``z`` (given the
+        # controller's expressions instead, XLA computes them in a kernel of their own).
+        t_new, h_new = z[zt + T], z[zt + H]
         at_end = accepted & clip & (t_lim >= t_end)
         underflow = ~at_end & ((h_new < dtmin) | (t_new + h_new <= t_new))
         saw_nonfinite = (st.ints[NONFINITE] != 0) | ~finite
@@ -605,26 +680,11 @@ def run(
         )
         if events is not None:
             result = jnp.where(stop, Result.event, result)
-            t_new = jnp.where(stop, tau_ev, t_new)
-
-        y_new = jnp.where(accepted, res.y1, st.y)
-        f_new = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), res.f1, st.f)
-        q_new = jnp.where(accepted, q1, st.q) if cfg.quad else st.q
-        next_idx = i_out
-        if n_stops:
-            landed = accepted & clip & has_stop & (t_stop <= t_end) & (t1 >= t_stop)
-            y_j, q_j, jump_result = stops.jump(jnp.minimum(i_stop, n_stops - 1), y_new, q_new)
-            y_new = jnp.where(landed, y_j, y_new)
-            if cfg.quad:
-                q_new = jnp.where(landed, q_j, q_new)
-            result = jnp.where(landed & (result == Result.successful), jump_result, result)
-            again = landed & (t1 < t_end)
-            f_new = lax.cond(again, lambda: g(t1, y_new), lambda: f_new)
-            nfe = nfe + again.astype(jnp.int32)
-            next_idx = i_stop + landed.astype(jnp.int32)
+        if jump_result is not None:
+            result = jnp.where(result == Result.successful, jump_result, result)
 
         # All int slots in one vector expression (one kernel instead of one per slot): the
-        # counters accumulate, the flags and the output index are replaced.
+        # counters accumulate, the flags and the next stop index are replaced.
         acc = accepted.astype(jnp.int32)
         i32 = jnp.int32
         ints = (
@@ -641,9 +701,19 @@ def run(
             ints = ints + jnp.asarray(res.njev, i32) * _E[NJEV]
         if not (isinstance(res.nlinsolve, int) and res.nlinsolve == 0):
             ints = ints + jnp.asarray(res.nlinsolve, i32) * _E[NLIN]
-        tdt = st.fs.dtype
-        prev_new = jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev).astype(tdt)
-        state = (y_new, f_new, q_new, t_new.astype(tdt), h_new.astype(tdt), prev_new, ints)
+
+        if outputs is not None:
+            def span():
+                st_, h_eff_, _, t1_, _ = view()
+                t_out = t1_ if events is None else jnp.where(stop, tau_ev, t1_)
+                # The step's data refers to the starting state (e.g. the first stage is ``f``):
+                # read those from the carry as well.
+                fresh = {id(st.y): st_.y, id(_head(st.f, cfg.quad)): _head(st_.f, cfg.quad)}
+                res_ = jax.tree.map(lambda a: fresh.get(id(a), a), res)
+                return st_.fs[T], st_.y, h_eff_, t_out, y_out, res_
+
+            ys, ints = outputs.write(g, cfg, ys, ints, span, res, accepted, t_end, direction)
+        state = (z, (f_new[1] if cfg.quad else None), q_new, ints)
         return state, ys, rec, node_buf, ev
 
     state, ys, rec, node_buf, ev = lax.while_loop(
