@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,9 @@ from ._solution import Result
 from ._solvers import AbstractAdaptiveSolver
 from ._solvers._rk import eval_dense
 from ._solvers._step import StepResult
+
+if TYPE_CHECKING:
+    from ._plugins import Events, Nodes, Recorder, Stops
 
 # Float slots of LoopState.fs.
 T = 0  # current time
@@ -120,7 +123,7 @@ class LoopConfig:
     norm: str = "semi"
 
 
-def _head(f, quad: bool):
+def dy_of(f, quad: bool):
     return f[0] if quad else f
 
 
@@ -184,14 +187,14 @@ def start(
     nfe = 1
     if h0 is None:
         h0 = initial_step(
-            lambda t, y: _head(g(t, y), cfg.quad), t0, y0, _head(f0, cfg.quad), t_end,
+            lambda t, y: dy_of(g(t, y), cfg.quad), t0, y0, dy_of(f0, cfg.quad), t_end,
             cfg.solver.error_order, rtol, atol, direction=direction,
         )
         nfe += 1
     else:
         h0 = jnp.minimum(jnp.abs(jnp.asarray(h0, dtype)), t_end - t0)
     h0 = lax.stop_gradient(jnp.minimum(h0, dtmax_value(cfg.controller)))
-    head = _head(f0, cfg.quad)
+    head = dy_of(f0, cfg.quad)
     ok = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(head))
     result = jnp.where(ok, Result.successful, Result.nonfinite)
     ints = jnp.zeros((NUM_INT,), jnp.int32).at[NFE].set(nfe).at[RESULT].set(result)
@@ -272,211 +275,6 @@ class Outputs:
 
 
 # ---------------------------------------------------------------------------------------------
-# Bounded step checkpoints
-
-
-def rotate_left(j, r, bits: int):
-    """Rotate the ``bits``-bit integer ``j`` left by ``r`` (``0 <= r < bits``)."""
-    if bits == 0:
-        return j
-    mask = (1 << bits) - 1
-    return ((j << r) | (j >> ((bits - r) % bits))) & mask
-
-
-@dataclasses.dataclass(frozen=True)
-class Recorder:
-    """Keeps a bounded record of accepted steps: at most ``slots`` loop states.
-
-    Accepted step ``k`` (counted from ``k0``) is kept if ``k - k0`` is a multiple of the
-    stride ``2^L``, as entry ``j = (k - k0) >> L`` in slot ``rotate_left(j, L)``. With
-    ``thin=True`` (the forward solve, whose length is unknown), an entry that would not fit
-    doubles the stride: every other entry becomes free and the slots are reused. Entry ``j``
-    of stride ``2^(L+1)`` lives where entry ``2j`` of stride ``2^L`` lived, and the new
-    entries ``j >= slots/2`` take the slots of the freed odd entries (a rotation of the slot
-    index), so nothing is ever moved. This is online checkpointing with ``O(slots)`` memory:
-    the stride ends as the smallest power of two that fits all steps.
-
-    Each entry holds the loop state *before the accepted attempt* of its step (a valid state to
-    replay from) and, with ``dense=True``, the step's dense-output coefficients.
-    """
-
-    slots: int  # a power of two, at least 2
-    thin: bool
-    dense: bool = False
-
-    def __post_init__(self):
-        if self.slots < 2 or self.slots & (self.slots - 1):
-            raise ValueError(f"Recorder: `slots` must be a power of two >= 2, got {self.slots}.")
-
-    @property
-    def bits(self) -> int:
-        return int(self.slots).bit_length() - 1
-
-    def init(self, st: LoopState, degree: int, level=0, k0=0):
-        """The record carry ``(buffers, level, k0)`` for a loop starting at ``st``."""
-        n = st.y.shape[0]
-        buf = {
-            "y": jnp.zeros((self.slots, n), st.y.dtype),
-            "f": jnp.zeros((self.slots, n), st.y.dtype),
-            "fs": jnp.zeros((self.slots, NUM_FLOAT), st.fs.dtype),
-            "ints": jnp.zeros((self.slots, NUM_INT), jnp.int32),
-        }
-        if self.dense:
-            buf["c"] = jnp.zeros((self.slots, degree, n), st.y.dtype)
-        return buf, jnp.asarray(level, jnp.int32), jnp.asarray(k0, jnp.int32)
-
-    def slot(self, j, level):
-        return rotate_left(j, level % max(self.bits, 1), self.bits)
-
-    def write(self, rec, level, k, st: LoopState, coeffs, accepted):
-        """Record step ``k`` (relative count) with pre-attempt state ``st`` if kept."""
-        if self.thin:
-            grow = accepted & ((k >> level) == self.slots) & ((k & ((1 << level) - 1)) == 0)
-            level = level + grow.astype(level.dtype)
-        keep = accepted & ((k & ((1 << level) - 1)) == 0)
-        j = k >> level
-        idx = jnp.where(keep & (j < self.slots), self.slot(j, level), self.slots)
-        rec = dict(rec)
-        rec["y"] = rec["y"].at[idx].set(st.y, mode="drop")
-        rec["f"] = rec["f"].at[idx].set(_head(st.f, False), mode="drop")
-        rec["fs"] = rec["fs"].at[idx].set(st.fs, mode="drop")
-        rec["ints"] = rec["ints"].at[idx].set(st.ints, mode="drop")
-        if self.dense:
-            rec["c"] = rec["c"].at[idx].set(coeffs, mode="drop")
-        return rec, level
-
-    def entry(self, rec, level, j):
-        """``(LoopState, coeffs or None)`` of entry ``j``."""
-        s = self.slot(j, level)
-        st = LoopState(rec["y"][s], rec["f"][s], None, rec["fs"][s], rec["ints"][s])
-        return st, (rec["c"][s] if self.dense else None)
-
-
-# ---------------------------------------------------------------------------------------------
-# Stops with jumps (adjoint solves)
-
-
-@dataclasses.dataclass(frozen=True)
-class Stops:
-    """Times where every step lands exactly and ``jump(i, y, q) -> (y, q, result)`` applies.
-
-    ``taus`` are increasing internal times; stop ``i`` is ``taus[i]``. After a jump the vector
-    field is evaluated again at the new state (one evaluation), except at the end.
-    """
-
-    taus: Array
-    jump: Callable = dataclasses.field(compare=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Events (forward solves)
-
-
-@dataclasses.dataclass(frozen=True)
-class Events:
-    """Event functions checked after every accepted step (see ``neuralode._event``).
-
-    ``cond(τ, y)`` returns the values of all event functions (a vector) at internal time
-    ``τ``; ``directions`` holds ``+1``/``-1``/``0`` per event and ``terminal`` whether it stops
-    the solve. The carry records the first event found: its internal time, index and state. A
-    terminal event overrides a non-terminal one found before it.
-    """
-
-    cond: Callable = dataclasses.field(compare=False)
-    directions: tuple
-    terminal: tuple
-
-    def init(self, st: LoopState):
-        tdtype = st.fs.dtype
-        return {
-            "g": lax.stop_gradient(self.cond(st.fs[T], st.y)),
-            "found": jnp.zeros((), bool),
-            "tau": jnp.full((), jnp.inf, tdtype),
-            "index": jnp.full((), -1, jnp.int32),
-            "y": jnp.full_like(st.y, jnp.nan),
-        }
-
-    def check(self, ev, g, cfg: LoopConfig, t, y, h, t1, y1, res, accepted, t_end, direction):
-        """``(ev, stop, tau_stop, y_stop, nfe)`` after an attempted step."""
-        from ._event import crossings, locate
-
-        # Where the events fire is a step-size-like decision: no derivative flows through it
-        # (the event time's derivative comes from the implicit function theorem instead).
-        g1 = lax.stop_gradient(self.cond(t1, y1))
-        cross = crossings(ev["g"], g1, self.directions) & accepted
-        coeffs, extra = cfg.solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
-
-        def interp(theta):
-            return eval_dense(y, coeffs, theta).astype(y.dtype)
-
-        def phi(theta):  # one θ per event: every event function at its own θ
-            vals = jax.vmap(lambda th: self.cond(t + th * h, interp(th)))(theta)
-            return lax.stop_gradient(jnp.diagonal(vals))
-
-        theta = lax.stop_gradient(locate(phi, ev["g"], g1, cross))
-        terminal = jnp.asarray(self.terminal)
-        theta_first = jnp.where(cross, theta, jnp.inf)
-        index = jnp.argmin(theta_first).astype(jnp.int32)
-        th = theta[index]
-        any_cross = jnp.any(cross)
-        tau = jnp.where(th >= 1.0, t1, t + th * h)
-        y_at = jnp.where(th >= 1.0, y1, interp(th))
-        stop = any_cross & terminal[index]
-        record = any_cross & (~ev["found"] | stop)
-        ev = {
-            "g": jnp.where(accepted, g1, ev["g"]),
-            "found": ev["found"] | any_cross,
-            "tau": jnp.where(record, tau, ev["tau"]),
-            "index": jnp.where(record, index, ev["index"]),
-            "y": jnp.where(record, y_at, ev["y"]),
-        }
-        return ev, stop, tau, y_at, jnp.where(accepted, extra, 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Quadrature nodes (the parameter adjoint of the continuous adjoints)
-
-
-@dataclasses.dataclass(frozen=True)
-class Nodes:
-    """A buffer of the quadrature nodes of accepted steps: stage time, stage state, weight.
-
-    A quantity ``q`` with ``dq/dτ = direction·G(τ, y)`` that does not feed back into ``y`` is
-    the sum ``Σ w_j G(τ_j, y_j)`` over these nodes (``w_j = direction·h·b_j``, exact for the
-    Runge-Kutta method). Recording the nodes and evaluating ``G`` on a whole buffer at once
-    (one batched call, e.g. one vector-Jacobian product for all nodes) is much cheaper than
-    carrying ``q`` through the loop when ``q`` is long (the parameter adjoint) and the loop
-    is ``vmap`` ped.
-    A loop stops when the next step's nodes might not fit.
-    """
-
-    capacity: int
-    per_step: int
-
-    def init(self, n: int, dtype):
-        tdtype = time_dtype(dtype)
-        return {
-            "t": jnp.zeros((self.capacity,), tdtype),
-            "y": jnp.zeros((self.capacity, n), dtype),
-            "w": jnp.zeros((self.capacity,), tdtype),
-            "count": jnp.zeros((), jnp.int32),
-        }
-
-    def write(self, buf, res: StepResult, t, h, t_end, accepted, direction=1.0):
-        """Record the nodes of an accepted step (weights ``direction·h·b_j``)."""
-        count = buf["count"]
-        buf = dict(buf)
-        for jj, (c, b, yj) in enumerate(res.nodes):
-            idx = jnp.where(accepted, count + jj, self.capacity)  # out of range: dropped
-            tj = t + c * h
-            buf["t"] = buf["t"].at[idx].set(jnp.minimum(tj, t_end), mode="drop")
-            buf["y"] = buf["y"].at[idx].set(yj, mode="drop")
-            buf["w"] = buf["w"].at[idx].set(direction * h * b, mode="drop")
-        buf["count"] = count + accepted.astype(jnp.int32) * self.per_step
-        return buf
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -536,7 +334,7 @@ def run(
     n_stops = 0 if stops is None else stops.taus.shape[0]
     n = st.y.shape[0]
     tdt = st.fs.dtype
-    ydt, fdt = st.y.dtype, _head(st.f, cfg.quad).dtype
+    ydt, fdt = st.y.dtype, dy_of(st.f, cfg.quad).dtype
     zt = 2 * n  # where the float slots start in the packed carry (see pack)
 
     def limit_of(i_stop):
@@ -563,7 +361,7 @@ def run(
     def pack(st):
         clip, h_eff = attempt(st.fs[T], st.fs[H], st.ints[NEXT])
         z = jnp.concatenate([
-            st.y.astype(tdt), _head(st.f, cfg.quad).astype(tdt), st.fs,
+            st.y.astype(tdt), dy_of(st.f, cfg.quad).astype(tdt), st.fs,
             jnp.stack([h_eff, clip.astype(tdt)]),
         ])
         return z, (st.f[1] if cfg.quad else None), st.q, st.ints
@@ -664,7 +462,7 @@ def run(
         # for every slot that depends on the new step size.
         slots = (t_new, h_new, prev_new, h_eff_new, clip_new.astype(tdt))
         z = jnp.concatenate([
-            y_new.astype(tdt), _head(f_new, cfg.quad).astype(tdt),
+            y_new.astype(tdt), dy_of(f_new, cfg.quad).astype(tdt),
             *(jnp.reshape(v, (1,)) for v in slots),
         ])
         # The failure checks read the new time and step size from the new ``z`` (given the
@@ -708,7 +506,7 @@ def run(
                 t_out = t1_ if events is None else jnp.where(stop, tau_ev, t1_)
                 # The step's data refers to the starting state (e.g. the first stage is ``f``):
                 # read those from the carry as well.
-                fresh = {id(st.y): st_.y, id(_head(st.f, cfg.quad)): _head(st_.f, cfg.quad)}
+                fresh = {id(st.y): st_.y, id(dy_of(st.f, cfg.quad)): dy_of(st_.f, cfg.quad)}
                 res_ = jax.tree.map(lambda a: fresh.get(id(a), a), res)
                 return st_.fs[T], st_.y, h_eff_, t_out, y_out, res_
 
