@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, Float, Int
 
 from ._controller import (
     PIController,
@@ -44,6 +43,26 @@ from ._controller import (
     initial_step,
     rms_norm,
     step_factor,
+)
+from ._custom_types import (
+    BoolScalar,
+    Buffers,
+    Direction,
+    DType,
+    FieldValue,
+    FloatSlots,
+    IntScalar,
+    IntScalarLike,
+    IntSlots,
+    OutputBuffer,
+    PackedFloats,
+    QuadState,
+    RealScalar,
+    RealScalarLike,
+    RecordCarry,
+    State,
+    Times,
+    VectorField,
 )
 from ._solution import Result
 from ._solvers import AbstractAdaptiveSolver
@@ -84,6 +103,13 @@ _KEEP = np.isin(np.arange(NUM_INT), STAT_SLOTS).astype(np.int32)
 _SELECT_OUTPUTS_MAX = 8
 _SELECT_ENTRIES_MAX = 256
 
+# Inside :func:`run`: the packed state ``(z, dq, q, ints)`` and the whole loop carry
+# ``(state, ys, record carry, node buffer, event carry)``.
+_Packed: TypeAlias = tuple[PackedFloats, QuadState | None, QuadState | None, IntSlots]
+_Carry: TypeAlias = tuple[
+    _Packed, OutputBuffer | None, RecordCarry | None, Buffers | None, Buffers | None
+]
+
 
 class LoopState(NamedTuple):
     """What the loop carries from step to step (and what a checkpoint stores).
@@ -96,11 +122,11 @@ class LoopState(NamedTuple):
         ints: Int32 slots ``[STEPS, ..., NEXT]``.
     """
 
-    y: Float[Array, " n"]
-    f: Any
-    q: Float[Array, " m"] | None
-    fs: Float[Array, " 3"]
-    ints: Int[Array, " 10"]
+    y: State
+    f: FieldValue
+    q: QuadState | None
+    fs: FloatSlots
+    ints: IntSlots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +149,12 @@ class LoopConfig:
     norm: str = "semi"
 
 
-def dy_of(f, quad: bool):
+def dy_of(f: FieldValue, quad: bool) -> State:
+    """The state part of the field's value (``dy`` of ``(dy, dq)``)."""
     return f[0] if quad else f
 
 
-def time_dtype(dtype):
+def time_dtype(dtype: DType) -> DType:
     """Dtype of times, step sizes and error ratios: the state's, but at least float32 (a
     half-precision time axis could not even tell steps apart)."""
     return jnp.promote_types(dtype, jnp.float32)
@@ -138,8 +165,15 @@ def time_dtype(dtype):
 
 
 def error_ratio(
-    res: StepResult, y, y1, q, q1, rtol, atol, cfg: LoopConfig
-) -> Float[Array, ""]:
+    res: StepResult,
+    y: State,
+    y1: State,
+    q: QuadState | None,
+    q1: QuadState | None,
+    rtol: RealScalarLike,
+    atol: RealScalarLike,
+    cfg: LoopConfig,
+) -> RealScalar:
     """Scaled RMS error estimate of an attempted step (``<= 1`` means accept).
 
     A non-finite new state makes the ratio NaN (``0 · x`` is NaN exactly for non-finite ``x``),
@@ -166,16 +200,16 @@ def error_ratio(
 
 
 def start(
-    g: Callable,
+    g: VectorField,
     cfg: LoopConfig,
-    t0,
-    t_end,
-    y0: Array,
-    q0: Array | None,
-    rtol,
-    atol,
-    h0=None,
-    direction=1.0,
+    t0: RealScalarLike,
+    t_end: RealScalarLike,
+    y0: State,
+    q0: QuadState | None,
+    rtol: RealScalarLike,
+    atol: RealScalarLike,
+    h0: RealScalarLike | None = None,
+    direction: Direction = 1.0,
 ) -> LoopState:
     """The loop state at ``t0``: evaluates ``g`` once (twice for the automatic first step).
 
@@ -210,13 +244,24 @@ def start(
 class Outputs:
     """Dense output at the (internal, increasing) times ``taus`` (the first is the start)."""
 
-    taus: Array
+    taus: Times
 
-    def init(self, y0):
+    def init(self, y0: State) -> OutputBuffer:
         n_out = self.taus.shape[0]
         return jnp.full((n_out, y0.shape[0]), jnp.nan, y0.dtype).at[0].set(y0)
 
-    def write(self, g, cfg: LoopConfig, ys, ints, span, res, accepted, t_end, direction=1.0):
+    def write(
+        self,
+        g: VectorField,
+        cfg: LoopConfig,
+        ys: OutputBuffer,
+        ints: IntSlots,
+        span: Callable[[], tuple[RealScalar, State, RealScalar, RealScalar, State, StepResult]],
+        res: StepResult,
+        accepted: BoolScalar,
+        t_end: RealScalar,
+        direction: Direction = 1.0,
+    ) -> tuple[OutputBuffer, IntSlots]:
         """Write the outputs inside an accepted step ``(t, t1]``: returns ``(ys, ints)`` with
         the next output index ``ints[NEXT]`` advanced (and ``ints[NFE]`` by what the dense
         output cost).
@@ -243,19 +288,19 @@ class Outputs:
             ys = jnp.where(inside[:, None], vals, ys)
             return ys, ints + jnp.sum(inside, dtype=ints.dtype) * _E[NEXT]
 
-        def write(c):
+        def write(c: tuple[OutputBuffer, IntSlots]) -> tuple[OutputBuffer, IntSlots]:
             ys, ints = c
             t, y, h, t1, y1, res = span()
             coeffs, extra = solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
 
             # The inner loop reads the step from the carry as well (under ``vmap`` the
             # conditional becomes a select and the loop's operands would be kernels).
-            def more(c):
+            def more(c: tuple[IntScalar, OutputBuffer]) -> BoolScalar:
                 i, _ = c
                 t1 = span()[3]
                 return (i < n_out) & (taus[jnp.minimum(i, n_out - 1)] <= t1)
 
-            def one(c):
+            def one(c: tuple[IntScalar, OutputBuffer]) -> tuple[IntScalar, OutputBuffer]:
                 i, ys = c
                 t, y, h, t1, y1, _ = span()
                 theta = (taus[i] - t) / h
@@ -279,25 +324,28 @@ class Outputs:
 
 
 def run(
-    g: Callable,
+    g: VectorField,
     cfg: LoopConfig,
     st: LoopState,
-    t_end,
-    rtol,
-    atol,
+    t_end: RealScalar,
+    rtol: RealScalarLike,
+    atol: RealScalarLike,
     *,
     outputs: Outputs | None = None,
-    ys=None,
+    ys: OutputBuffer | None = None,
     stops: Stops | None = None,
     recorder: Recorder | None = None,
-    rec=None,
-    count_end=None,
+    rec: RecordCarry | None = None,
+    count_end: IntScalarLike | None = None,
     nodes: Nodes | None = None,
-    node_buf=None,
-    step_limit=None,
-    direction=1.0,
+    node_buf: Buffers | None = None,
+    step_limit: IntScalarLike | None = None,
+    direction: Direction = 1.0,
     events: Events | None = None,
-    ev=None,
+    ev: Buffers | None = None,
+) -> (
+    tuple[LoopState, OutputBuffer | None, RecordCarry | None, Buffers | None]
+    | tuple[LoopState, OutputBuffer | None, RecordCarry | None, Buffers | None, Buffers]
 ):
     """Integrate from ``st`` to ``t_end`` (or until ``count_end`` steps are accepted).
 
@@ -337,7 +385,7 @@ def run(
     ydt, fdt = st.y.dtype, dy_of(st.f, cfg.quad).dtype
     zt = 2 * n  # where the float slots start in the packed carry (see pack)
 
-    def limit_of(i_stop):
+    def limit_of(i_stop: IntScalar) -> tuple[RealScalar, BoolScalar | None, RealScalar | None]:
         """``(t_lim, has_stop, t_stop)``: where the attempt must end at the latest."""
         if not n_stops:
             return t_end, None, None
@@ -345,7 +393,7 @@ def run(
         t_stop = jnp.where(has_stop, stops.taus[jnp.minimum(i_stop, n_stops - 1)], t_end)
         return jnp.minimum(t_stop, t_end), has_stop, t_stop
 
-    def attempt(t, h, i_stop):
+    def attempt(t: RealScalar, h: RealScalar, i_stop: IntScalar) -> tuple[BoolScalar, RealScalar]:
         """``(clip, h_eff)``: the next attempt, ``h`` clipped to land on a stop or the end."""
         t_lim = limit_of(i_stop)[0]
         clip = h >= t_lim - t
@@ -358,7 +406,7 @@ def run(
     # to the next stop or the end) is decided at the end of the previous step, inside that
     # kernel: decided at the start of a step it costs kernels of its own, because XLA does not
     # duplicate a scalar computed from the carry into the many stage kernels that read it.
-    def pack(st):
+    def pack(st: LoopState) -> _Packed:
         clip, h_eff = attempt(st.fs[T], st.fs[H], st.ints[NEXT])
         z = jnp.concatenate([
             st.y.astype(tdt), dy_of(st.f, cfg.quad).astype(tdt), st.fs,
@@ -366,11 +414,13 @@ def run(
         ])
         return z, (st.f[1] if cfg.quad else None), st.q, st.ints
 
-    def unpack(z, dq, q, ints):
+    def unpack(
+        z: PackedFloats, dq: QuadState | None, q: QuadState | None, ints: IntSlots
+    ) -> LoopState:
         y, f = z[:n].astype(ydt), z[n:zt].astype(fdt)
         return LoopState(y, (f, dq) if cfg.quad else f, q, z[zt:zt + NUM_FLOAT], ints)
 
-    def cond(carry):
+    def cond(carry: _Carry) -> BoolScalar:
         (z, _, _, ints), _, _, node_buf, _ = carry
         go = (z[zt + T] < t_end) & (ints[STEPS] < limit) & (ints[RESULT] == Result.successful)
         if count_end is not None:
@@ -379,10 +429,13 @@ def run(
             go = go & (node_buf["count"] + nodes.per_step <= nodes.capacity)
         return go
 
-    def body(carry):
+    def body(carry: _Carry) -> _Carry:
         state, ys, rec, node_buf, ev = carry
 
-        def view():
+        def view() -> tuple[
+            LoopState, RealScalar, BoolScalar, RealScalar,
+            tuple[RealScalar, BoolScalar | None, RealScalar | None],
+        ]:
             """The step's starting point, read from the carry. Called again where a value is
             needed inside a conditional, so that the branch reads the carry itself instead of
             a value materialised outside (a kernel of its own) for it."""
@@ -501,7 +554,7 @@ def run(
             ints = ints + jnp.asarray(res.nlinsolve, i32) * _E[NLIN]
 
         if outputs is not None:
-            def span():
+            def span() -> tuple[RealScalar, State, RealScalar, RealScalar, State, StepResult]:
                 st_, h_eff_, _, t1_, _ = view()
                 t_out = t1_ if events is None else jnp.where(stop, tau_ev, t1_)
                 # The step's data refers to the starting state (e.g. the first stage is ``f``):
@@ -531,12 +584,12 @@ def run(
 STAT_NAMES = ("num_steps", "num_accepted", "num_rejected", "nfe", "njev", "nlinsolve")
 
 
-def stats_of(st: LoopState) -> dict[str, Int[Array, ""]]:
+def stats_of(st: LoopState) -> dict[str, IntScalar]:
     """The statistics of a finished loop as a dict (the public ``Solution.stats``)."""
     return {name: st.ints[slot] for name, slot in zip(STAT_NAMES, STAT_SLOTS, strict=True)}
 
 
-def direction_of(ts) -> Array:
+def direction_of(ts: Times) -> RealScalar:
     """``+1`` for increasing (or single) output times, ``-1`` for decreasing."""
     if ts.shape[0] < 2:
         return jnp.ones((), ts.dtype)

@@ -8,13 +8,29 @@ of accepted steps (:class:`Nodes`, the parameter adjoint of the continuous adjoi
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jaxtyping import Array
+from jaxtyping import Array, Int
 
+from ._custom_types import (
+    BoolScalar,
+    Buffers,
+    DenseCoeffs,
+    Direction,
+    DType,
+    EventFunction,
+    EventValues,
+    IntScalar,
+    IntScalarLike,
+    Jump,
+    RealScalar,
+    RecordCarry,
+    State,
+    Times,
+    VectorField,
+)
 from ._integrate import NUM_FLOAT, NUM_INT, LoopConfig, LoopState, T, dy_of, time_dtype
 from ._solvers._rk import eval_dense
 from ._solvers._step import StepResult
@@ -23,7 +39,7 @@ from ._solvers._step import StepResult
 # Bounded step checkpoints
 
 
-def rotate_left(j, r, bits: int):
+def rotate_left(j: Int[Array, "*b"], r: IntScalarLike, bits: int) -> Int[Array, "*b"]:
     """Rotate the ``bits``-bit integer ``j`` left by ``r`` (``0 <= r < bits``)."""
     if bits == 0:
         return j
@@ -52,7 +68,7 @@ class Recorder:
     thin: bool
     dense: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.slots < 2 or self.slots & (self.slots - 1):
             raise ValueError(f"Recorder: `slots` must be a power of two >= 2, got {self.slots}.")
 
@@ -60,7 +76,9 @@ class Recorder:
     def bits(self) -> int:
         return int(self.slots).bit_length() - 1
 
-    def init(self, st: LoopState, degree: int, level=0, k0=0):
+    def init(
+        self, st: LoopState, degree: int, level: IntScalarLike = 0, k0: IntScalarLike = 0
+    ) -> RecordCarry:
         """The record carry ``(buffers, level, k0)`` for a loop starting at ``st``."""
         n = st.y.shape[0]
         buf = {
@@ -73,10 +91,18 @@ class Recorder:
             buf["c"] = jnp.zeros((self.slots, degree, n), st.y.dtype)
         return buf, jnp.asarray(level, jnp.int32), jnp.asarray(k0, jnp.int32)
 
-    def slot(self, j, level):
+    def slot(self, j: Int[Array, "*b"], level: IntScalar) -> Int[Array, "*b"]:
         return rotate_left(j, level % max(self.bits, 1), self.bits)
 
-    def write(self, rec, level, k, st: LoopState, coeffs, accepted):
+    def write(
+        self,
+        rec: Buffers,
+        level: IntScalar,
+        k: IntScalar,
+        st: LoopState,
+        coeffs: DenseCoeffs | None,
+        accepted: BoolScalar,
+    ) -> tuple[Buffers, IntScalar]:
         """Record step ``k`` (relative count) with pre-attempt state ``st`` if kept."""
         if self.thin:
             grow = accepted & ((k >> level) == self.slots) & ((k & ((1 << level) - 1)) == 0)
@@ -93,7 +119,9 @@ class Recorder:
             rec["c"] = rec["c"].at[idx].set(coeffs, mode="drop")
         return rec, level
 
-    def entry(self, rec, level, j):
+    def entry(
+        self, rec: Buffers, level: IntScalar, j: IntScalar
+    ) -> tuple[LoopState, DenseCoeffs | None]:
         """``(LoopState, coeffs or None)`` of entry ``j``."""
         s = self.slot(j, level)
         st = LoopState(rec["y"][s], rec["f"][s], None, rec["fs"][s], rec["ints"][s])
@@ -112,8 +140,8 @@ class Stops:
     field is evaluated again at the new state (one evaluation), except at the end.
     """
 
-    taus: Array
-    jump: Callable = dataclasses.field(compare=False)
+    taus: Times
+    jump: Jump = dataclasses.field(compare=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,11 +158,11 @@ class Events:
     terminal event overrides a non-terminal one found before it.
     """
 
-    cond: Callable = dataclasses.field(compare=False)
-    directions: tuple
-    terminal: tuple
+    cond: EventFunction = dataclasses.field(compare=False)
+    directions: tuple[int, ...]
+    terminal: tuple[bool, ...]
 
-    def init(self, st: LoopState):
+    def init(self, st: LoopState) -> Buffers:
         tdtype = st.fs.dtype
         return {
             "g": lax.stop_gradient(self.cond(st.fs[T], st.y)),
@@ -144,7 +172,21 @@ class Events:
             "y": jnp.full_like(st.y, jnp.nan),
         }
 
-    def check(self, ev, g, cfg: LoopConfig, t, y, h, t1, y1, res, accepted, t_end, direction):
+    def check(
+        self,
+        ev: Buffers,
+        g: VectorField,
+        cfg: LoopConfig,
+        t: RealScalar,
+        y: State,
+        h: RealScalar,
+        t1: RealScalar,
+        y1: State,
+        res: StepResult,
+        accepted: BoolScalar,
+        t_end: RealScalar,
+        direction: Direction,
+    ) -> tuple[Buffers, BoolScalar, RealScalar, State, IntScalar]:
         """``(ev, stop, tau_stop, y_stop, nfe)`` after an attempted step."""
         from ._event import crossings, locate
 
@@ -154,10 +196,11 @@ class Events:
         cross = crossings(ev["g"], g1, self.directions) & accepted
         coeffs, extra = cfg.solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
 
-        def interp(theta):
+        def interp(theta: RealScalar) -> State:
             return eval_dense(y, coeffs, theta).astype(y.dtype)
 
-        def phi(theta):  # one θ per event: every event function at its own θ
+        def phi(theta: EventValues) -> EventValues:
+            # one θ per event: every event function at its own θ
             vals = jax.vmap(lambda th: self.cond(t + th * h, interp(th)))(theta)
             return lax.stop_gradient(jnp.diagonal(vals))
 
@@ -201,7 +244,7 @@ class Nodes:
     capacity: int
     per_step: int
 
-    def init(self, n: int, dtype):
+    def init(self, n: int, dtype: DType) -> Buffers:
         tdtype = time_dtype(dtype)
         return {
             "t": jnp.zeros((self.capacity,), tdtype),
@@ -210,7 +253,16 @@ class Nodes:
             "count": jnp.zeros((), jnp.int32),
         }
 
-    def write(self, buf, res: StepResult, t, h, t_end, accepted, direction=1.0):
+    def write(
+        self,
+        buf: Buffers,
+        res: StepResult,
+        t: RealScalar,
+        h: RealScalar,
+        t_end: RealScalar,
+        accepted: BoolScalar,
+        direction: Direction = 1.0,
+    ) -> Buffers:
         """Record the nodes of an accepted step (weights ``direction·h·b_j``)."""
         count = buf["count"]
         buf = dict(buf)
