@@ -32,7 +32,7 @@ from ._backward import Extra
 from ._checkpoint import DEFAULT_CHECKPOINTS, checkpoint_backward, slots_of
 from ._continuous import backsolve_backward, interpolated_backward
 from ._forward import Primal, Problem, reverse_by_jacobian
-from ._integrate import Recorder
+from ._plugins import Recorder
 
 __all__ = [
     "DEFAULT_CHECKPOINTS",

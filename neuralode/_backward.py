@@ -24,11 +24,10 @@ from ._integrate import (
     STEPS,
     LoopConfig,
     LoopState,
-    Nodes,
-    Stops,
     T,
     run,
 )
+from ._plugins import Nodes, Stops
 from ._solution import RESULT_MESSAGES, Result
 
 

@@ -19,7 +19,8 @@ from jax import lax
 
 from ._backward import Extra, finish, loop_stats, sanitize
 from ._forward import NUM_STATS, Primal, Problem, internal
-from ._integrate import ACCEPTED, H, LoopState, Recorder, T, run
+from ._integrate import ACCEPTED, H, LoopState, T, run
+from ._plugins import Recorder
 from ._solution import Result
 
 DEFAULT_CHECKPOINTS = 64

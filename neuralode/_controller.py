@@ -27,9 +27,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+
+from ._custom_types import (
+    BoolScalar,
+    Direction,
+    RealScalar,
+    RealScalarLike,
+    State,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +70,7 @@ class PIController:
     dtmin: float | None = None
     dtmax: float | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         checks = {
             "beta": self.beta is None or 0.0 <= self.beta < 0.5,
             "safety": 0.0 < self.safety <= 1.0,
@@ -84,20 +92,31 @@ class PIController:
             raise ValueError("PIController: `dtmin` must not exceed `dtmax`.")
 
 
-def rms_norm(x: Float[Array, " n"]) -> Float[Array, ""]:
+def rms_norm(x: State) -> RealScalar:
     """Root-mean-square norm of a flat array (0 for an empty one)."""
     if x.size == 0:
         return jnp.zeros((), x.dtype)
     return jnp.sqrt(jnp.mean(jnp.square(x)))
 
 
-def error_scale(y0, y1, rtol, atol):
+def error_scale(y0: State, y1: State, rtol: RealScalarLike, atol: RealScalarLike) -> State:
     """``atol + rtol * max(|y0|, |y1|)``, elementwise."""
     return atol + rtol * jnp.maximum(jnp.abs(y0), jnp.abs(y1))
 
 
-def initial_step(fn, t0, y0, f0, t_end, error_order: int, rtol, atol, full_y0=None,
-                 full_f0=None, direction=1.0):
+def initial_step(
+    fn: Callable[[RealScalar, State], State],
+    t0: RealScalar,
+    y0: State,
+    f0: State,
+    t_end: RealScalarLike,
+    error_order: int,
+    rtol: RealScalarLike,
+    atol: RealScalarLike,
+    full_y0: State | None = None,
+    full_f0: State | None = None,
+    direction: Direction = 1.0,
+) -> RealScalar:
     """Initial step size by Hairer, Nørsett, Wanner, *Solving ODEs I*, section II.4.
 
     Uses one extra evaluation of ``fn`` at ``t0 + h0`` with ``h0 <= t_end - t0`` (the
@@ -130,9 +149,14 @@ def initial_step(fn, t0, y0, f0, t_end, error_order: int, rtol, atol, full_y0=No
 
 
 def step_factor(
-    ratio, prev_ratio, accepted, rejected_last, error_order: int, ctrl: PIController,
+    ratio: RealScalar,
+    prev_ratio: RealScalar,
+    accepted: BoolScalar,
+    rejected_last: BoolScalar | bool,
+    error_order: int,
+    ctrl: PIController,
     default_beta: float = 0.04,
-):
+) -> RealScalar:
     """Factor ``h_new / h`` proposed by the PI controller (see module docstring).
 
     One ``log`` and one ``exp`` per step: the exponent is chosen first (accepted: PI,

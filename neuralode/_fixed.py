@@ -4,14 +4,32 @@ a fixed-step solver)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jaxtyping import ArrayLike, Float
 
+from ._custom_types import (
+    Args,
+    ArgsField,
+    IntScalar,
+    OutputBuffer,
+    RealScalar,
+    RealScalarLike,
+    State,
+    Times,
+)
 from ._solvers._rk import rk_fixed_step
 
+if TYPE_CHECKING:
+    from ._solvers._base import ButcherTableau
 
-def integrate_fixed(fn, y0, ts, params, *, tab, num_sub: int):
+
+def integrate_fixed(
+    fn: ArgsField, y0: State, ts: Times, params: Args, *, tab: ButcherTableau, num_sub: int
+) -> tuple[OutputBuffer, int]:
     """``num_sub`` equal steps inside each output interval, as nested ``lax.scan``.
 
     Plain ``lax.scan`` loops, so reverse- and forward-mode autodiff differentiate the discrete
@@ -21,12 +39,12 @@ def integrate_fixed(fn, y0, ts, params, *, tab, num_sub: int):
     if ts.shape[0] == 1:
         return y0[None], 0
 
-    def interval(y, t_pair):
+    def interval(y: State, t_pair: tuple[RealScalar, RealScalar]) -> tuple[State, State]:
         ta, tb = t_pair
         h = (tb - ta) / num_sub
         t_lo, t_hi = jnp.minimum(ta, tb), jnp.maximum(ta, tb)
 
-        def sub(y, j):
+        def sub(y: State, j: IntScalar) -> tuple[State, None]:
             t = jnp.clip(ta + j.astype(dtype) * h, t_lo, t_hi)
             return rk_fixed_step(tab, lambda tt, yy: fn(tt, yy, params), t, y, h, t_lo, t_hi), None
 
@@ -38,7 +56,7 @@ def integrate_fixed(fn, y0, ts, params, *, tab, num_sub: int):
     return ys, tab.num_stages * num_sub * (ts.shape[0] - 1)
 
 
-def fixed_substeps(ts, dt0) -> int:
+def fixed_substeps(ts: Float[ArrayLike, " n_out"], dt0: RealScalarLike) -> int:
     """Number of equal sub-steps per output interval so that no step exceeds ``|dt0|``."""
     ts = np.asarray(ts, dtype=np.float64)
     if ts.shape[0] < 2:

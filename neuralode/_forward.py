@@ -25,15 +25,14 @@ from ._event import ift_tangent
 from ._integrate import (
     NEXT,
     STAT_SLOTS,
-    Events,
     LoopConfig,
     LoopState,
     Outputs,
-    Recorder,
     direction_of,
     run,
     start,
 )
+from ._plugins import Events, Recorder
 from ._primitive import fill_zeros
 from ._solution import Result
 from ._solvers import AbstractAdaptiveSolver

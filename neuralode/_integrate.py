@@ -17,21 +17,23 @@ One loop serves four purposes, switched on statically:
 Step-size decisions never carry derivatives (``lax.stop_gradient``): derivatives of a solve are
 those of the discrete method with its steps held fixed.
 
-The loop state is packed into a few arrays with named slots (each array of the carry costs its
-own update kernel per step, which dominates the step cost of small systems on CPU).
+On CPU the step cost of small systems is the number of kernels XLA runs per step, not the
+arithmetic, so the loop is written for few kernels: the state, its derivative and the float
+slots travel as one flat array (one update kernel), the int slots are updated by one vector
+expression, the next attempt is decided at the end of the previous step, and conditionals
+read the loop carry rather than values computed for them outside (see :func:`run`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeAlias
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, Float, Int
 
 from ._controller import (
     PIController,
@@ -42,10 +44,33 @@ from ._controller import (
     rms_norm,
     step_factor,
 )
+from ._custom_types import (
+    BoolScalar,
+    Buffers,
+    Direction,
+    DType,
+    FieldValue,
+    FloatSlots,
+    IntScalar,
+    IntScalarLike,
+    IntSlots,
+    OutputBuffer,
+    PackedFloats,
+    QuadState,
+    RealScalar,
+    RealScalarLike,
+    RecordCarry,
+    State,
+    Times,
+    VectorField,
+)
 from ._solution import Result
 from ._solvers import AbstractAdaptiveSolver
 from ._solvers._rk import eval_dense
 from ._solvers._step import StepResult
+
+if TYPE_CHECKING:
+    from ._plugins import Events, Nodes, Recorder, Stops
 
 # Float slots of LoopState.fs.
 T = 0  # current time
@@ -78,6 +103,13 @@ _KEEP = np.isin(np.arange(NUM_INT), STAT_SLOTS).astype(np.int32)
 _SELECT_OUTPUTS_MAX = 8
 _SELECT_ENTRIES_MAX = 256
 
+# Inside :func:`run`: the packed state ``(z, dq, q, ints)`` and the whole loop carry
+# ``(state, ys, record carry, node buffer, event carry)``.
+_Packed: TypeAlias = tuple[PackedFloats, QuadState | None, QuadState | None, IntSlots]
+_Carry: TypeAlias = tuple[
+    _Packed, OutputBuffer | None, RecordCarry | None, Buffers | None, Buffers | None
+]
+
 
 class LoopState(NamedTuple):
     """What the loop carries from step to step (and what a checkpoint stores).
@@ -90,11 +122,11 @@ class LoopState(NamedTuple):
         ints: Int32 slots ``[STEPS, ..., NEXT]``.
     """
 
-    y: Float[Array, " n"]
-    f: Any
-    q: Float[Array, " m"] | None
-    fs: Float[Array, " 3"]
-    ints: Int[Array, " 10"]
+    y: State
+    f: FieldValue
+    q: QuadState | None
+    fs: FloatSlots
+    ints: IntSlots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,11 +149,12 @@ class LoopConfig:
     norm: str = "semi"
 
 
-def _head(f, quad: bool):
+def dy_of(f: FieldValue, quad: bool) -> State:
+    """The state part of the field's value (``dy`` of ``(dy, dq)``)."""
     return f[0] if quad else f
 
 
-def time_dtype(dtype):
+def time_dtype(dtype: DType) -> DType:
     """Dtype of times, step sizes and error ratios: the state's, but at least float32 (a
     half-precision time axis could not even tell steps apart)."""
     return jnp.promote_types(dtype, jnp.float32)
@@ -132,8 +165,15 @@ def time_dtype(dtype):
 
 
 def error_ratio(
-    res: StepResult, y, y1, q, q1, rtol, atol, cfg: LoopConfig
-) -> Float[Array, ""]:
+    res: StepResult,
+    y: State,
+    y1: State,
+    q: QuadState | None,
+    q1: QuadState | None,
+    rtol: RealScalarLike,
+    atol: RealScalarLike,
+    cfg: LoopConfig,
+) -> RealScalar:
     """Scaled RMS error estimate of an attempted step (``<= 1`` means accept).
 
     A non-finite new state makes the ratio NaN (``0 · x`` is NaN exactly for non-finite ``x``),
@@ -160,16 +200,16 @@ def error_ratio(
 
 
 def start(
-    g: Callable,
+    g: VectorField,
     cfg: LoopConfig,
-    t0,
-    t_end,
-    y0: Array,
-    q0: Array | None,
-    rtol,
-    atol,
-    h0=None,
-    direction=1.0,
+    t0: RealScalarLike,
+    t_end: RealScalarLike,
+    y0: State,
+    q0: QuadState | None,
+    rtol: RealScalarLike,
+    atol: RealScalarLike,
+    h0: RealScalarLike | None = None,
+    direction: Direction = 1.0,
 ) -> LoopState:
     """The loop state at ``t0``: evaluates ``g`` once (twice for the automatic first step).
 
@@ -181,14 +221,14 @@ def start(
     nfe = 1
     if h0 is None:
         h0 = initial_step(
-            lambda t, y: _head(g(t, y), cfg.quad), t0, y0, _head(f0, cfg.quad), t_end,
+            lambda t, y: dy_of(g(t, y), cfg.quad), t0, y0, dy_of(f0, cfg.quad), t_end,
             cfg.solver.error_order, rtol, atol, direction=direction,
         )
         nfe += 1
     else:
         h0 = jnp.minimum(jnp.abs(jnp.asarray(h0, dtype)), t_end - t0)
     h0 = lax.stop_gradient(jnp.minimum(h0, dtmax_value(cfg.controller)))
-    head = _head(f0, cfg.quad)
+    head = dy_of(f0, cfg.quad)
     ok = jnp.all(jnp.isfinite(y0)) & jnp.all(jnp.isfinite(head))
     result = jnp.where(ok, Result.successful, Result.nonfinite)
     ints = jnp.zeros((NUM_INT,), jnp.int32).at[NFE].set(nfe).at[RESULT].set(result)
@@ -204,19 +244,37 @@ def start(
 class Outputs:
     """Dense output at the (internal, increasing) times ``taus`` (the first is the start)."""
 
-    taus: Array
+    taus: Times
 
-    def init(self, y0):
+    def init(self, y0: State) -> OutputBuffer:
         n_out = self.taus.shape[0]
         return jnp.full((n_out, y0.shape[0]), jnp.nan, y0.dtype).at[0].set(y0)
 
-    def write(self, g, cfg: LoopConfig, ys, i_out, t, y, h, t1, y1, res, accepted, t_end,
-              direction=1.0):
-        """Write the outputs inside an accepted step ``(t, t1]``: returns ``ys, i_out, nfe``."""
+    def write(
+        self,
+        g: VectorField,
+        cfg: LoopConfig,
+        ys: OutputBuffer,
+        ints: IntSlots,
+        span: Callable[[], tuple[RealScalar, State, RealScalar, RealScalar, State, StepResult]],
+        res: StepResult,
+        accepted: BoolScalar,
+        t_end: RealScalar,
+        direction: Direction = 1.0,
+    ) -> tuple[OutputBuffer, IntSlots]:
+        """Write the outputs inside an accepted step ``(t, t1]``: returns ``(ys, ints)`` with
+        the next output index ``ints[NEXT]`` advanced (and ``ints[NFE]`` by what the dense
+        output cost).
+
+        ``span() -> (t, y, h, t1, y1, res)`` is the step. It is called where its values are needed,
+        inside the conditional, so that the branch computes them from the loop carry instead
+        of taking them as operands (each a kernel of its own, outside).
+        """
         taus = self.taus
         n_out = taus.shape[0]
         solver = cfg.solver
-        zero = jnp.zeros((), jnp.int32)
+        t, y, h, t1, y1, res = span()
+        i_out = ints[NEXT]
         if (
             not solver.dense_costs_evaluations
             and n_out <= _SELECT_OUTPUTS_MAX
@@ -228,233 +286,37 @@ class Outputs:
             vals = eval_dense(y[None, :], coeffs[:, None, :], theta[:, None]).astype(ys.dtype)
             vals = jnp.where((taus == t1)[:, None], y1[None, :], vals)
             ys = jnp.where(inside[:, None], vals, ys)
-            return ys, i_out + jnp.sum(inside, dtype=i_out.dtype), zero
+            return ys, ints + jnp.sum(inside, dtype=ints.dtype) * _E[NEXT]
 
-        def write(carry):
-            i_out, ys = carry
+        def write(c: tuple[OutputBuffer, IntSlots]) -> tuple[OutputBuffer, IntSlots]:
+            ys, ints = c
+            t, y, h, t1, y1, res = span()
             coeffs, extra = solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
 
-            def more(c):
+            # The inner loop reads the step from the carry as well (under ``vmap`` the
+            # conditional becomes a select and the loop's operands would be kernels).
+            def more(c: tuple[IntScalar, OutputBuffer]) -> BoolScalar:
                 i, _ = c
+                t1 = span()[3]
                 return (i < n_out) & (taus[jnp.minimum(i, n_out - 1)] <= t1)
 
-            def one(c):
+            def one(c: tuple[IntScalar, OutputBuffer]) -> tuple[IntScalar, OutputBuffer]:
                 i, ys = c
+                t, y, h, t1, y1, _ = span()
                 theta = (taus[i] - t) / h
                 yi = jnp.where(taus[i] == t1, y1, eval_dense(y, coeffs, theta).astype(y1.dtype))
                 return i + 1, ys.at[i].set(yi)
 
-            i_out, ys = lax.while_loop(more, one, (i_out, ys))
-            return i_out, ys, jnp.asarray(extra, jnp.int32)
+            i1, ys = lax.while_loop(more, one, (ints[NEXT], ys))
+            # Elementwise (not a scatter: under ``vmap`` that would be a kernel of its own).
+            ints = ints + (i1 - ints[NEXT]) * _E[NEXT]
+            if solver.dense_costs_evaluations:
+                ints = ints + jnp.asarray(extra, ints.dtype) * _E[NFE]
+            return ys, ints
 
+        # The branch that writes nothing returns its operands unchanged (no copy).
         has = accepted & (i_out < n_out) & (taus[jnp.minimum(i_out, n_out - 1)] <= t1)
-        i_out, ys, extra = lax.cond(has, write, lambda c: (*c, zero), (i_out, ys))
-        return ys, i_out, extra
-
-
-# ---------------------------------------------------------------------------------------------
-# Bounded step checkpoints
-
-
-def rotate_left(j, r, bits: int):
-    """Rotate the ``bits``-bit integer ``j`` left by ``r`` (``0 <= r < bits``)."""
-    if bits == 0:
-        return j
-    mask = (1 << bits) - 1
-    return ((j << r) | (j >> ((bits - r) % bits))) & mask
-
-
-@dataclasses.dataclass(frozen=True)
-class Recorder:
-    """Keeps a bounded record of accepted steps: at most ``slots`` loop states.
-
-    Accepted step ``k`` (counted from ``k0``) is kept if ``k - k0`` is a multiple of the
-    stride ``2^L``, as entry ``j = (k - k0) >> L`` in slot ``rotate_left(j, L)``. With
-    ``thin=True`` (the forward solve, whose length is unknown), an entry that would not fit
-    doubles the stride: every other entry becomes free and the slots are reused. Entry ``j``
-    of stride ``2^(L+1)`` lives where entry ``2j`` of stride ``2^L`` lived, and the new
-    entries ``j >= slots/2`` take the slots of the freed odd entries (a rotation of the slot
-    index), so nothing is ever moved. This is online checkpointing with ``O(slots)`` memory:
-    the stride ends as the smallest power of two that fits all steps.
-
-    Each entry holds the loop state *before the accepted attempt* of its step (a valid state to
-    replay from) and, with ``dense=True``, the step's dense-output coefficients.
-    """
-
-    slots: int  # a power of two, at least 2
-    thin: bool
-    dense: bool = False
-
-    def __post_init__(self):
-        if self.slots < 2 or self.slots & (self.slots - 1):
-            raise ValueError(f"Recorder: `slots` must be a power of two >= 2, got {self.slots}.")
-
-    @property
-    def bits(self) -> int:
-        return int(self.slots).bit_length() - 1
-
-    def init(self, st: LoopState, degree: int, level=0, k0=0):
-        """The record carry ``(buffers, level, k0)`` for a loop starting at ``st``."""
-        n = st.y.shape[0]
-        buf = {
-            "y": jnp.zeros((self.slots, n), st.y.dtype),
-            "f": jnp.zeros((self.slots, n), st.y.dtype),
-            "fs": jnp.zeros((self.slots, NUM_FLOAT), st.fs.dtype),
-            "ints": jnp.zeros((self.slots, NUM_INT), jnp.int32),
-        }
-        if self.dense:
-            buf["c"] = jnp.zeros((self.slots, degree, n), st.y.dtype)
-        return buf, jnp.asarray(level, jnp.int32), jnp.asarray(k0, jnp.int32)
-
-    def slot(self, j, level):
-        return rotate_left(j, level % max(self.bits, 1), self.bits)
-
-    def write(self, rec, level, k, st: LoopState, coeffs, accepted):
-        """Record step ``k`` (relative count) with pre-attempt state ``st`` if kept."""
-        if self.thin:
-            grow = accepted & ((k >> level) == self.slots) & ((k & ((1 << level) - 1)) == 0)
-            level = level + grow.astype(level.dtype)
-        keep = accepted & ((k & ((1 << level) - 1)) == 0)
-        j = k >> level
-        idx = jnp.where(keep & (j < self.slots), self.slot(j, level), self.slots)
-        rec = dict(rec)
-        rec["y"] = rec["y"].at[idx].set(st.y, mode="drop")
-        rec["f"] = rec["f"].at[idx].set(_head(st.f, False), mode="drop")
-        rec["fs"] = rec["fs"].at[idx].set(st.fs, mode="drop")
-        rec["ints"] = rec["ints"].at[idx].set(st.ints, mode="drop")
-        if self.dense:
-            rec["c"] = rec["c"].at[idx].set(coeffs, mode="drop")
-        return rec, level
-
-    def entry(self, rec, level, j):
-        """``(LoopState, coeffs or None)`` of entry ``j``."""
-        s = self.slot(j, level)
-        st = LoopState(rec["y"][s], rec["f"][s], None, rec["fs"][s], rec["ints"][s])
-        return st, (rec["c"][s] if self.dense else None)
-
-
-# ---------------------------------------------------------------------------------------------
-# Stops with jumps (adjoint solves)
-
-
-@dataclasses.dataclass(frozen=True)
-class Stops:
-    """Times where every step lands exactly and ``jump(i, y, q) -> (y, q, result)`` applies.
-
-    ``taus`` are increasing internal times; stop ``i`` is ``taus[i]``. After a jump the vector
-    field is evaluated again at the new state (one evaluation), except at the end.
-    """
-
-    taus: Array
-    jump: Callable = dataclasses.field(compare=False)
-
-
-# ---------------------------------------------------------------------------------------------
-# Events (forward solves)
-
-
-@dataclasses.dataclass(frozen=True)
-class Events:
-    """Event functions checked after every accepted step (see ``neuralode._event``).
-
-    ``cond(τ, y)`` returns the values of all event functions (a vector) at internal time
-    ``τ``; ``directions`` holds ``+1``/``-1``/``0`` per event and ``terminal`` whether it stops
-    the solve. The carry records the first event found: its internal time, index and state. A
-    terminal event overrides a non-terminal one found before it.
-    """
-
-    cond: Callable = dataclasses.field(compare=False)
-    directions: tuple
-    terminal: tuple
-
-    def init(self, st: LoopState):
-        tdtype = st.fs.dtype
-        return {
-            "g": lax.stop_gradient(self.cond(st.fs[T], st.y)),
-            "found": jnp.zeros((), bool),
-            "tau": jnp.full((), jnp.inf, tdtype),
-            "index": jnp.full((), -1, jnp.int32),
-            "y": jnp.full_like(st.y, jnp.nan),
-        }
-
-    def check(self, ev, g, cfg: LoopConfig, t, y, h, t1, y1, res, accepted, t_end, direction):
-        """``(ev, stop, tau_stop, y_stop, nfe)`` after an attempted step."""
-        from ._event import crossings, locate
-
-        # Where the events fire is a step-size-like decision: no derivative flows through it
-        # (the event time's derivative comes from the implicit function theorem instead).
-        g1 = lax.stop_gradient(self.cond(t1, y1))
-        cross = crossings(ev["g"], g1, self.directions) & accepted
-        coeffs, extra = cfg.solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
-
-        def interp(theta):
-            return eval_dense(y, coeffs, theta).astype(y.dtype)
-
-        def phi(theta):  # one θ per event: every event function at its own θ
-            vals = jax.vmap(lambda th: self.cond(t + th * h, interp(th)))(theta)
-            return lax.stop_gradient(jnp.diagonal(vals))
-
-        theta = lax.stop_gradient(locate(phi, ev["g"], g1, cross))
-        terminal = jnp.asarray(self.terminal)
-        theta_first = jnp.where(cross, theta, jnp.inf)
-        index = jnp.argmin(theta_first).astype(jnp.int32)
-        th = theta[index]
-        any_cross = jnp.any(cross)
-        tau = jnp.where(th >= 1.0, t1, t + th * h)
-        y_at = jnp.where(th >= 1.0, y1, interp(th))
-        stop = any_cross & terminal[index]
-        record = any_cross & (~ev["found"] | stop)
-        ev = {
-            "g": jnp.where(accepted, g1, ev["g"]),
-            "found": ev["found"] | any_cross,
-            "tau": jnp.where(record, tau, ev["tau"]),
-            "index": jnp.where(record, index, ev["index"]),
-            "y": jnp.where(record, y_at, ev["y"]),
-        }
-        return ev, stop, tau, y_at, jnp.where(accepted, extra, 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Quadrature nodes (the parameter adjoint of the continuous adjoints)
-
-
-@dataclasses.dataclass(frozen=True)
-class Nodes:
-    """A buffer of the quadrature nodes of accepted steps: stage time, stage state, weight.
-
-    A quantity ``q`` with ``dq/dτ = direction·G(τ, y)`` that does not feed back into ``y`` is
-    the sum ``Σ w_j G(τ_j, y_j)`` over these nodes (``w_j = direction·h·b_j``, exact for the
-    Runge-Kutta method). Recording the nodes and evaluating ``G`` on a whole buffer at once
-    (one batched call, e.g. one vector-Jacobian product for all nodes) is much cheaper than
-    carrying ``q`` through the loop when ``q`` is long (the parameter adjoint) and the loop
-    is ``vmap`` ped.
-    A loop stops when the next step's nodes might not fit.
-    """
-
-    capacity: int
-    per_step: int
-
-    def init(self, n: int, dtype):
-        tdtype = time_dtype(dtype)
-        return {
-            "t": jnp.zeros((self.capacity,), tdtype),
-            "y": jnp.zeros((self.capacity, n), dtype),
-            "w": jnp.zeros((self.capacity,), tdtype),
-            "count": jnp.zeros((), jnp.int32),
-        }
-
-    def write(self, buf, res: StepResult, t, h, t_end, accepted, direction=1.0):
-        """Record the nodes of an accepted step (weights ``direction·h·b_j``)."""
-        count = buf["count"]
-        buf = dict(buf)
-        for jj, (c, b, yj) in enumerate(res.nodes):
-            idx = jnp.where(accepted, count + jj, self.capacity)  # out of range: dropped
-            tj = t + c * h
-            buf["t"] = buf["t"].at[idx].set(jnp.minimum(tj, t_end), mode="drop")
-            buf["y"] = buf["y"].at[idx].set(yj, mode="drop")
-            buf["w"] = buf["w"].at[idx].set(direction * h * b, mode="drop")
-        buf["count"] = count + accepted.astype(jnp.int32) * self.per_step
-        return buf
+        return lax.cond(has, write, lambda c: c, (ys, ints))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,25 +324,28 @@ class Nodes:
 
 
 def run(
-    g: Callable,
+    g: VectorField,
     cfg: LoopConfig,
     st: LoopState,
-    t_end,
-    rtol,
-    atol,
+    t_end: RealScalar,
+    rtol: RealScalarLike,
+    atol: RealScalarLike,
     *,
     outputs: Outputs | None = None,
-    ys=None,
+    ys: OutputBuffer | None = None,
     stops: Stops | None = None,
     recorder: Recorder | None = None,
-    rec=None,
-    count_end=None,
+    rec: RecordCarry | None = None,
+    count_end: IntScalarLike | None = None,
     nodes: Nodes | None = None,
-    node_buf=None,
-    step_limit=None,
-    direction=1.0,
+    node_buf: Buffers | None = None,
+    step_limit: IntScalarLike | None = None,
+    direction: Direction = 1.0,
     events: Events | None = None,
-    ev=None,
+    ev: Buffers | None = None,
+) -> (
+    tuple[LoopState, OutputBuffer | None, RecordCarry | None, Buffers | None]
+    | tuple[LoopState, OutputBuffer | None, RecordCarry | None, Buffers | None, Buffers]
 ):
     """Integrate from ``st`` to ``t_end`` (or until ``count_end`` steps are accepted).
 
@@ -515,66 +380,92 @@ def run(
     beta = solver.controller_beta
     limit = st.ints[STEPS] + cfg.max_steps if step_limit is None else step_limit
     n_stops = 0 if stops is None else stops.taus.shape[0]
+    n = st.y.shape[0]
+    tdt = st.fs.dtype
+    ydt, fdt = st.y.dtype, dy_of(st.f, cfg.quad).dtype
+    zt = 2 * n  # where the float slots start in the packed carry (see pack)
 
-    # Inside the loop the float slots are separate scalars (slicing them out of one array
-    # costs a kernel each per step on CPU, more than updating them separately).
-    def pack(st):
-        return st.y, st.f, st.q, st.fs[T], st.fs[H], st.fs[PREV], st.ints
+    def limit_of(i_stop: IntScalar) -> tuple[RealScalar, BoolScalar | None, RealScalar | None]:
+        """``(t_lim, has_stop, t_stop)``: where the attempt must end at the latest."""
+        if not n_stops:
+            return t_end, None, None
+        has_stop = i_stop < n_stops
+        t_stop = jnp.where(has_stop, stops.taus[jnp.minimum(i_stop, n_stops - 1)], t_end)
+        return jnp.minimum(t_stop, t_end), has_stop, t_stop
 
-    def unpack(y, f, q, t, h, prev, ints):
-        return LoopState(y, f, q, jnp.stack([t, h, prev]), ints)
+    def attempt(t: RealScalar, h: RealScalar, i_stop: IntScalar) -> tuple[BoolScalar, RealScalar]:
+        """``(clip, h_eff)``: the next attempt, ``h`` clipped to land on a stop or the end."""
+        t_lim = limit_of(i_stop)[0]
+        clip = h >= t_lim - t
+        return clip, jnp.where(clip, t_lim - t, h)
 
-    def cond(carry):
-        (_, _, _, t, _, _, ints), _, _, node_buf, _ = carry
-        go = (t < t_end) & (ints[STEPS] < limit) & (ints[RESULT] == Result.successful)
+    # Inside the loop the state, its derivative, the float slots and the next attempt
+    # ``[y, f, T, H, PREV, h_eff, clip]`` travel as one flat array ``z`` in the time dtype
+    # (which holds the state's values exactly). The new ``z`` is one kernel where separate
+    # arrays cost an update kernel and a copy each per step. The attempt (the proposal clipped
+    # to the next stop or the end) is decided at the end of the previous step, inside that
+    # kernel: decided at the start of a step it costs kernels of its own, because XLA does not
+    # duplicate a scalar computed from the carry into the many stage kernels that read it.
+    def pack(st: LoopState) -> _Packed:
+        clip, h_eff = attempt(st.fs[T], st.fs[H], st.ints[NEXT])
+        z = jnp.concatenate([
+            st.y.astype(tdt), dy_of(st.f, cfg.quad).astype(tdt), st.fs,
+            jnp.stack([h_eff, clip.astype(tdt)]),
+        ])
+        return z, (st.f[1] if cfg.quad else None), st.q, st.ints
+
+    def unpack(
+        z: PackedFloats, dq: QuadState | None, q: QuadState | None, ints: IntSlots
+    ) -> LoopState:
+        y, f = z[:n].astype(ydt), z[n:zt].astype(fdt)
+        return LoopState(y, (f, dq) if cfg.quad else f, q, z[zt:zt + NUM_FLOAT], ints)
+
+    def cond(carry: _Carry) -> BoolScalar:
+        (z, _, _, ints), _, _, node_buf, _ = carry
+        go = (z[zt + T] < t_end) & (ints[STEPS] < limit) & (ints[RESULT] == Result.successful)
         if count_end is not None:
             go = go & (ints[ACCEPTED] < count_end)
         if nodes is not None:
             go = go & (node_buf["count"] + nodes.per_step <= nodes.capacity)
         return go
 
-    def body(carry):
+    def body(carry: _Carry) -> _Carry:
         state, ys, rec, node_buf, ev = carry
-        st = unpack(*state)
-        _, _, _, t, h, prev, _ = state
+
+        def view() -> tuple[
+            LoopState, RealScalar, BoolScalar, RealScalar,
+            tuple[RealScalar, BoolScalar | None, RealScalar | None],
+        ]:
+            """The step's starting point, read from the carry. Called again where a value is
+            needed inside a conditional, so that the branch reads the carry itself instead of
+            a value materialised outside (a kernel of its own) for it."""
+            st = unpack(*state)
+            z = state[0]
+            h_eff, clip = z[zt + NUM_FLOAT], z[zt + NUM_FLOAT + 1] != 0
+            t_lim, has_stop, t_stop = limit_of(st.ints[NEXT])
+            t1 = jnp.where(clip, t_lim, st.fs[T] + h_eff)
+            return st, h_eff, clip, t1, (t_lim, has_stop, t_stop)
+
+        st, h_eff, clip, t1, (t_lim, has_stop, t_stop) = view()
+        t, h, prev = st.fs[T], st.fs[H], st.fs[PREV]
         rej_last = st.ints[REJ_LAST] != 0
-        if n_stops:
-            i_stop = st.ints[NEXT]
-            has_stop = i_stop < n_stops
-            t_stop = jnp.where(has_stop, stops.taus[jnp.minimum(i_stop, n_stops - 1)], t_end)
-            t_lim = jnp.minimum(t_stop, t_end)
-        else:
-            t_lim = t_end
-        clip = h >= t_lim - t
-        h_eff = jnp.where(clip, t_lim - t, h)
         res = solver.step(g, t, st.y, st.f, h_eff, t_end, cfg.quad, direction, tol=(rtol, atol))
-        t1 = jnp.where(clip, t_lim, t + h_eff)
         q1 = st.q + res.q_inc if cfg.quad else st.q
         ratio = lax.stop_gradient(
             error_ratio(res, st.y, res.y1, st.q, q1, rtol, atol, cfg)
         )
         finite = jnp.isfinite(ratio)
-        accepted = finite & (ratio <= 1.0)
+        accepted = ratio <= 1.0  # False for NaN: a non-finite step is rejected
         if res.ok is not None:
             accepted = accepted & res.ok
         nfe = jnp.asarray(res.nfe, jnp.int32)
-        t_out, y_out = t1, res.y1
+        y_out = res.y1
         if events is not None:
             ev, stop, tau_ev, y_ev, extra = events.check(
                 ev, g, cfg, t, st.y, h_eff, t1, res.y1, res, accepted, t_end, direction
             )
             nfe = nfe + extra
-            t_out = jnp.where(stop, tau_ev, t1)  # outputs only up to a terminal event
-            y_out = jnp.where(stop, y_ev, res.y1)
-
-        if outputs is not None:
-            ys, i_out, extra = outputs.write(
-                g, cfg, ys, st.ints[NEXT], t, st.y, h_eff, t_out, y_out, res, accepted, t_end,
-                direction,
-            )
-            nfe = nfe + extra
-        else:
-            i_out = st.ints[NEXT]
+            y_out = jnp.where(stop, y_ev, res.y1)  # outputs only up to a terminal event
 
         if recorder is not None:
             buf, level, k0 = rec
@@ -595,6 +486,41 @@ def run(
         h_new = jnp.minimum(h_eff * factor, dtmax)
         h_new = lax.stop_gradient(jnp.where(accepted & clip, jnp.maximum(h_new, h), h_new))
         t_new = jnp.where(accepted, t1, t)
+        if events is not None:
+            t_new = jnp.where(stop, tau_ev, t_new)
+
+        y_new = jnp.where(accepted, res.y1, st.y)
+        f_new = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), res.f1, st.f)
+        q_new = jnp.where(accepted, q1, st.q) if cfg.quad else st.q
+        next_idx = st.ints[NEXT]
+        jump_result = None
+        if n_stops:
+            i_stop = st.ints[NEXT]
+            landed = accepted & clip & has_stop & (t_stop <= t_end) & (t1 >= t_stop)
+            y_j, q_j, jump_result = stops.jump(jnp.minimum(i_stop, n_stops - 1), y_new, q_new)
+            y_new = jnp.where(landed, y_j, y_new)
+            if cfg.quad:
+                q_new = jnp.where(landed, q_j, q_new)
+            again = landed & (t1 < t_end)
+            f_new = lax.cond(again, lambda: g(t1, y_new), lambda: f_new)
+            nfe = nfe + again.astype(jnp.int32)
+            next_idx = i_stop + landed.astype(jnp.int32)
+            jump_result = jnp.where(landed, jump_result, Result.successful)
+
+        prev_new = jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev).astype(tdt)
+        t_new, h_new = t_new.astype(tdt), h_new.astype(tdt)
+        clip_new, h_eff_new = attempt(t_new, h_new, next_idx)
+        # One-element pieces, not a stacked block: under ``vmap`` a stacked block becomes a
+        # transposed kernel of its own, into which XLA fuses the controller's log and exp once
+        # for every slot that depends on the new step size.
+        slots = (t_new, h_new, prev_new, h_eff_new, clip_new.astype(tdt))
+        z = jnp.concatenate([
+            y_new.astype(tdt), dy_of(f_new, cfg.quad).astype(tdt),
+            *(jnp.reshape(v, (1,)) for v in slots),
+        ])
+        # The failure checks read the new time and step size from the new ``z`` (given the
+        # controller's expressions instead, XLA computes them in a kernel of their own).
+        t_new, h_new = z[zt + T], z[zt + H]
         at_end = accepted & clip & (t_lim >= t_end)
         underflow = ~at_end & ((h_new < dtmin) | (t_new + h_new <= t_new))
         saw_nonfinite = (st.ints[NONFINITE] != 0) | ~finite
@@ -605,26 +531,11 @@ def run(
         )
         if events is not None:
             result = jnp.where(stop, Result.event, result)
-            t_new = jnp.where(stop, tau_ev, t_new)
-
-        y_new = jnp.where(accepted, res.y1, st.y)
-        f_new = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), res.f1, st.f)
-        q_new = jnp.where(accepted, q1, st.q) if cfg.quad else st.q
-        next_idx = i_out
-        if n_stops:
-            landed = accepted & clip & has_stop & (t_stop <= t_end) & (t1 >= t_stop)
-            y_j, q_j, jump_result = stops.jump(jnp.minimum(i_stop, n_stops - 1), y_new, q_new)
-            y_new = jnp.where(landed, y_j, y_new)
-            if cfg.quad:
-                q_new = jnp.where(landed, q_j, q_new)
-            result = jnp.where(landed & (result == Result.successful), jump_result, result)
-            again = landed & (t1 < t_end)
-            f_new = lax.cond(again, lambda: g(t1, y_new), lambda: f_new)
-            nfe = nfe + again.astype(jnp.int32)
-            next_idx = i_stop + landed.astype(jnp.int32)
+        if jump_result is not None:
+            result = jnp.where(result == Result.successful, jump_result, result)
 
         # All int slots in one vector expression (one kernel instead of one per slot): the
-        # counters accumulate, the flags and the output index are replaced.
+        # counters accumulate, the flags and the next stop index are replaced.
         acc = accepted.astype(jnp.int32)
         i32 = jnp.int32
         ints = (
@@ -641,9 +552,19 @@ def run(
             ints = ints + jnp.asarray(res.njev, i32) * _E[NJEV]
         if not (isinstance(res.nlinsolve, int) and res.nlinsolve == 0):
             ints = ints + jnp.asarray(res.nlinsolve, i32) * _E[NLIN]
-        tdt = st.fs.dtype
-        prev_new = jnp.where(accepted, jnp.maximum(ratio, 1e-4), prev).astype(tdt)
-        state = (y_new, f_new, q_new, t_new.astype(tdt), h_new.astype(tdt), prev_new, ints)
+
+        if outputs is not None:
+            def span() -> tuple[RealScalar, State, RealScalar, RealScalar, State, StepResult]:
+                st_, h_eff_, _, t1_, _ = view()
+                t_out = t1_ if events is None else jnp.where(stop, tau_ev, t1_)
+                # The step's data refers to the starting state (e.g. the first stage is ``f``):
+                # read those from the carry as well.
+                fresh = {id(st.y): st_.y, id(dy_of(st.f, cfg.quad)): dy_of(st_.f, cfg.quad)}
+                res_ = jax.tree.map(lambda a: fresh.get(id(a), a), res)
+                return st_.fs[T], st_.y, h_eff_, t_out, y_out, res_
+
+            ys, ints = outputs.write(g, cfg, ys, ints, span, res, accepted, t_end, direction)
+        state = (z, (f_new[1] if cfg.quad else None), q_new, ints)
         return state, ys, rec, node_buf, ev
 
     state, ys, rec, node_buf, ev = lax.while_loop(
@@ -663,12 +584,12 @@ def run(
 STAT_NAMES = ("num_steps", "num_accepted", "num_rejected", "nfe", "njev", "nlinsolve")
 
 
-def stats_of(st: LoopState) -> dict[str, Int[Array, ""]]:
+def stats_of(st: LoopState) -> dict[str, IntScalar]:
     """The statistics of a finished loop as a dict (the public ``Solution.stats``)."""
     return {name: st.ints[slot] for name, slot in zip(STAT_NAMES, STAT_SLOTS, strict=True)}
 
 
-def direction_of(ts) -> Array:
+def direction_of(ts: Times) -> RealScalar:
     """``+1`` for increasing (or single) output times, ``-1`` for decreasing."""
     if ts.shape[0] < 2:
         return jnp.ones((), ts.dtype)

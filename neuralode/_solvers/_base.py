@@ -20,6 +20,15 @@ from typing import ClassVar
 
 import numpy as np
 
+from .._custom_types import (
+    DenseCoeffs,
+    Direction,
+    FieldValue,
+    RealScalarLike,
+    State,
+    Tolerances,
+    VectorField,
+)
 from ._rk import rk_dense, rk_step
 from ._step import StepResult
 
@@ -177,8 +186,18 @@ class AbstractAdaptiveSolver(AbstractSolver):
         tab = self.tableau
         return tab.num_stages + (0 if tab.fsal else 1) + tab.num_extra
 
-    def step(self, g, t, y, f0, h, t_hi=None, quad: bool = False, direction=1.0,
-             tol=None) -> StepResult:
+    def step(
+        self,
+        g: VectorField,
+        t: RealScalarLike,
+        y: State,
+        f0: FieldValue,
+        h: RealScalarLike,
+        t_hi: RealScalarLike | None = None,
+        quad: bool = False,
+        direction: Direction = 1.0,
+        tol: Tolerances | None = None,
+    ) -> StepResult:
         """Attempt one step of size ``h > 0`` from ``(t, y)`` of ``dy/dt = direction·g(t, y)``.
 
         ``f0 = g(t, y)``. ``direction`` is ``±1`` (a runtime scalar): the integrator runs in an
@@ -190,8 +209,17 @@ class AbstractAdaptiveSolver(AbstractSolver):
         del tol
         return rk_step(self.tableau, g, t, y, f0, h, t_hi, quad, direction)
 
-    def dense(self, g, t, y, h, result: StepResult, t_hi=None, quad: bool = False,
-              direction=1.0):
+    def dense(
+        self,
+        g: VectorField,
+        t: RealScalarLike,
+        y: State,
+        h: RealScalarLike,
+        result: StepResult,
+        t_hi: RealScalarLike | None = None,
+        quad: bool = False,
+        direction: Direction = 1.0,
+    ) -> tuple[DenseCoeffs, int]:
         """``(coeffs, nfe)``: the step's dense polynomial ``y + Σ_p coeffs[p-1] θ^p``."""
         return rk_dense(self.tableau, g, t, y, h, result.stages, t_hi, quad, direction)
 
@@ -243,8 +271,17 @@ class AbstractStiffSolver(AbstractAdaptiveSolver):
     def nfe_per_step(self) -> int:
         return self.NFE_PER_STEP
 
-    def dense(self, g, t, y, h, result: StepResult, t_hi=None, quad: bool = False,
-              direction=1.0):
+    def dense(
+        self,
+        g: VectorField,
+        t: RealScalarLike,
+        y: State,
+        h: RealScalarLike,
+        result: StepResult,
+        t_hi: RealScalarLike | None = None,
+        quad: bool = False,
+        direction: Direction = 1.0,
+    ) -> tuple[DenseCoeffs, int]:
         """``(coeffs, 0)``: the dense polynomial was formed by the step (no evaluations)."""
         return result.stages, 0
 

@@ -58,14 +58,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array
 
+from .._custom_types import (
+    BoolScalar,
+    Direction,
+    DType,
+    FieldValue,
+    IntScalar,
+    RealScalar,
+    RealScalarLike,
+    State,
+    Tolerances,
+    VectorField,
+)
 from ._base import AbstractStiffSolver
 from ._linear import (
     field_in,
@@ -112,7 +123,18 @@ P[5, :3] = [-0.17281112873898072, 0.6235784481025847, 0.5492326806363959]
 P[6, :6] = A[5, :6]  # the sixth stage's own weights (a_6j, and γ on k_6)
 
 
-def _newton(gw, ti, base, hg, pred, lu, scale, active, kappa, max_iters):
+def _newton(
+    gw: Callable[[RealScalarLike, State], State],
+    ti: RealScalarLike,
+    base: State,
+    hg: RealScalar,
+    pred: State,
+    lu: tuple[Array, Array],
+    scale: State,
+    active: BoolScalar,
+    kappa: RealScalarLike,
+    max_iters: int,
+) -> tuple[State, IntScalar, BoolScalar]:
     """Solve ``k = f(ti, base + hg k)`` by chord iterations; differentiable by the IFT.
 
     Returns ``(k, iterations, converged)``. ``active=False`` skips the iteration (a previous
@@ -227,7 +249,7 @@ class Kvaerno5(AbstractStiffSolver):
 
 
 
-    def _tolerances(self, tol, wd):
+    def _tolerances(self, tol: Tolerances | None, wd: DType) -> tuple[RealScalar, RealScalar]:
         rtol = atol = None
         if tol is not None:
             rtol, atol = tol
@@ -239,15 +261,15 @@ class Kvaerno5(AbstractStiffSolver):
 
     def step(
         self,
-        g: Callable,
-        t: Float[ArrayLike, ""],
-        y: Float[Array, " n"],
-        f0: Any,
-        h: Float[ArrayLike, ""],
-        t_hi: Float[ArrayLike, ""] | None = None,
+        g: VectorField,
+        t: RealScalarLike,
+        y: State,
+        f0: FieldValue,
+        h: RealScalarLike,
+        t_hi: RealScalarLike | None = None,
         quad: bool = False,
-        direction: Any = 1.0,
-        tol: tuple[Any, Any] | None = None,
+        direction: Direction = 1.0,
+        tol: Tolerances | None = None,
     ) -> StepResult:
         """One Kvaerno5 step of size ``h > 0`` from ``(t, y)`` of ``dy/dt = direction·g(t, y)``
         with ``f0 = g(t, y)``. The stages ``k_i`` are values of ``g``; every state combination

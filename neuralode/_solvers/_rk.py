@@ -18,17 +18,31 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
+from .._custom_types import (
+    DenseCoeffs,
+    Direction,
+    DType,
+    FieldValue,
+    QuadState,
+    RealScalar,
+    RealScalarLike,
+    State,
+    VectorField,
+)
 from ._step import StepResult
 
 if TYPE_CHECKING:
     from ._base import ButcherTableau
 
-Field = Callable[[Array, Array], object]
-
-
-def combine(base, h, coeffs: Sequence[float], ks: Sequence[Array], dtype=None):
+def combine(
+    base: Array | None,
+    h: RealScalarLike,
+    coeffs: Sequence[float],
+    ks: Sequence[Array],
+    dtype: DType | None = None,
+) -> Array:
     """``base + h Σ_j coeffs[j] ks[j]`` with the zero terms left out (``base`` may be None).
 
     The result has ``dtype``, by default that of ``base`` (or of the stages): with a
@@ -49,18 +63,29 @@ def combine(base, h, coeffs: Sequence[float], ks: Sequence[Array], dtype=None):
     return out.astype(dtype)
 
 
-def stage_time(t, c: float, h, t_hi):
+def stage_time(
+    t: RealScalarLike, c: float, h: RealScalarLike, t_hi: RealScalarLike | None
+) -> RealScalar:
     """``t + c h``, never past ``t_hi`` (rounding may overshoot by an ulp)."""
     tc = t + float(c) * h
     return tc if t_hi is None else jnp.minimum(tc, t_hi)
 
 
-def _split(value, quad: bool):
+def _split(value: FieldValue, quad: bool) -> tuple[State, QuadState | None]:
     return value if quad else (value, None)
 
 
-def rk_step(tab: ButcherTableau, g: Field, t, y, f0, h, t_hi=None, quad: bool = False,
-            direction=1.0):
+def rk_step(
+    tab: ButcherTableau,
+    g: VectorField,
+    t: RealScalarLike,
+    y: State,
+    f0: FieldValue,
+    h: RealScalarLike,
+    t_hi: RealScalarLike | None = None,
+    quad: bool = False,
+    direction: Direction = 1.0,
+) -> StepResult:
     """One step of the explicit method ``tab`` from ``(t, y)`` with first stage ``f0``.
 
     Solves ``dy/dt = direction · g(t, y)``: stage times are ``t + c h``, state combinations
@@ -102,8 +127,17 @@ def rk_step(tab: ButcherTableau, g: Field, t, y, f0, h, t_hi=None, quad: bool = 
                       stages=stages, nfe=nfe, nodes=nodes)
 
 
-def rk_dense(tab: ButcherTableau, g: Field, t, y, h, stages, t_hi=None, quad: bool = False,
-             direction=1.0):
+def rk_dense(
+    tab: ButcherTableau,
+    g: VectorField,
+    t: RealScalarLike,
+    y: State,
+    h: RealScalarLike,
+    stages: Sequence[State],
+    t_hi: RealScalarLike | None = None,
+    quad: bool = False,
+    direction: Direction = 1.0,
+) -> tuple[DenseCoeffs, int]:
     """Dense-output coefficients ``(P, n)`` of a step: ``y(t + θh) = y + Σ_p c_p θ^p``.
 
     Evaluates the tableau's extra dense-output stages first (Dopri8), so also returns their
@@ -122,7 +156,9 @@ def rk_dense(tab: ButcherTableau, g: Field, t, y, h, stages, t_hi=None, quad: bo
     return coeffs, tab.num_extra
 
 
-def eval_dense(y0: Float[Array, " n"], coeffs: Float[Array, "p n"], theta) -> Array:
+def eval_dense(
+    y0: Float[Array, "... n"], coeffs: Float[Array, "p ... n"], theta: Float[ArrayLike, "..."]
+) -> Float[Array, "... n"]:
     """Evaluate ``y0 + Σ_p coeffs[p-1] θ^p`` by Horner's rule (broadcasts over ``theta``)."""
     acc = coeffs[-1]
     for p in range(coeffs.shape[0] - 2, -1, -1):
@@ -130,7 +166,15 @@ def eval_dense(y0: Float[Array, " n"], coeffs: Float[Array, "p n"], theta) -> Ar
     return y0 + theta * acc
 
 
-def rk_fixed_step(tab: ButcherTableau, fn, t, y, h, t_lo, t_hi):
+def rk_fixed_step(
+    tab: ButcherTableau,
+    fn: Callable[[RealScalar, State], State],
+    t: RealScalarLike,
+    y: State,
+    h: RealScalarLike,
+    t_lo: RealScalarLike,
+    t_hi: RealScalarLike,
+) -> State:
     """One fixed step (stage times clamped to ``[t_lo, t_hi]``); returns the new state."""
     ks = [fn(t, y)]
     for i in range(1, tab.num_stages):

@@ -63,13 +63,21 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array
 
+from .._custom_types import (
+    Direction,
+    FieldValue,
+    RealScalarLike,
+    State,
+    Tolerances,
+    VectorField,
+)
 from ._base import AbstractStiffSolver
 from ._linear import (
     field_in,
@@ -218,7 +226,7 @@ GAUSS_THETA = (0.5 - _G, 0.5, 0.5 + _G)
 GAUSS_W = (5.0 / 18.0, 4.0 / 9.0, 5.0 / 18.0)
 
 
-def lincomb(coeffs: Sequence[float], vecs: Sequence, base=None):
+def lincomb(coeffs: Sequence[float], vecs: Sequence[Array], base: Array | None = None) -> Array:
     """``base + Σ_j coeffs[j] vecs[j]`` as an unrolled sum with the zero terms left out."""
     acc = base
     for cj, vj in zip(coeffs, vecs, strict=False):
@@ -229,7 +237,9 @@ def lincomb(coeffs: Sequence[float], vecs: Sequence, base=None):
     return jnp.zeros_like(vecs[0]) if acc is None else acc
 
 
-def stage_time(t, c: float, h, t_hi):
+def stage_time(
+    t: RealScalarLike, c: float, h: RealScalarLike, t_hi: RealScalarLike | None
+) -> RealScalarLike:
     """``t + c h``; stages at ``c <= 1`` never pass ``t_hi`` (rounding may overshoot an ulp)."""
     if c == 0.0:
         return t
@@ -251,15 +261,15 @@ class AbstractRodas(AbstractStiffSolver):
 
     def step(
         self,
-        g: Callable,
-        t: Float[ArrayLike, ""],
-        y: Float[Array, " n"],
-        f0: Any,
-        h: Float[ArrayLike, ""],
-        t_hi: Float[ArrayLike, ""] | None = None,
+        g: VectorField,
+        t: RealScalarLike,
+        y: State,
+        f0: FieldValue,
+        h: RealScalarLike,
+        t_hi: RealScalarLike | None = None,
         quad: bool = False,
-        direction: Any = 1.0,
-        tol: tuple[Any, Any] | None = None,
+        direction: Direction = 1.0,
+        tol: Tolerances | None = None,
     ) -> StepResult:
         """One step of size ``h > 0`` from ``(t, y)`` of ``dy/dt = direction·g(t, y)`` with
         ``f0 = g(t, y)`` (see the module and :meth:`AbstractAdaptiveSolver.step`).
