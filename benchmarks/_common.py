@@ -391,6 +391,7 @@ class Compiled:
     trace_lower_s: float
     compile_s: float
     first_call_s: float = float("nan")
+    compiled: Any = None  # the ahead-of-time compiled program (memory analysis, HLO)
 
     @property
     def total_compile_s(self):
@@ -412,7 +413,7 @@ def compile_fn(fn, *args) -> Compiled:
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    c = Compiled(jitted, args, t1 - t0, t2 - t1)
+    c = Compiled(jitted, args, t1 - t0, t2 - t1, compiled=compiled)
     t3 = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     c.first_call_s = time.perf_counter() - t3

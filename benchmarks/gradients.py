@@ -217,7 +217,7 @@ def memory_table(prob, sizes, time_limit_bytes=600e6, repeats=7, log=print):
             run = solve(prob.f, prob, solver, adjoint=adjoint, ts=ts, max_steps=m)
             c = C.compile_fn(_grad(lambda y0, args, run=run: _final_sq(run(y0, args)[0])),
                              prob.y0, prob.args)
-            mem = c.call.memory_analysis()
+            mem = c.compiled.memory_analysis()
             temp = int(mem.temp_size_in_bytes) if mem is not None else -1
             out[(name, m)] = {"temp": temp, "compile_s": c.total_compile_s}
             if 0 <= temp <= time_limit_bytes:
