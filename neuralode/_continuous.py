@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 from ._backward import (
     Extra,
     adjoint_config,
+    buffered,
     finish,
     integrate_adjoint,
     loop_stats,
@@ -75,7 +76,7 @@ def backsolve_backward(mode, problem: Problem, x: Primal, ys, fwd_result,
     def g(rho, s):
         t = direction * rho
         z, a = s[:n], s[n:]
-        if mode.seminorm:
+        if buffered(mode):
             fz, vjp = jax.vjp(lambda zz: fn(t, zz, x.params), z)
             (a_z,) = vjp(a)
             return jnp.concatenate([fz, -a_z]).astype(s.dtype)
@@ -145,7 +146,7 @@ def interpolated_backward(mode, problem: Problem, x: Primal, ys, n_acc, fwd_resu
 
         def g(rho, a):
             t, z = direction * rho, z_of(-rho)
-            if mode.seminorm:
+            if buffered(mode):
                 _, vjp = jax.vjp(lambda zz: fn(t, zz, x.params), z)
                 (a_z,) = vjp(a)
                 return (-a_z).astype(a.dtype)

@@ -20,8 +20,9 @@ parameters under ``vmap``), as JAX's own rules do.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -125,6 +126,28 @@ def bind(rules: Rules, *args):
     return jax.tree.unflatten(out_treedef, flat)
 
 
+_BATCHED = [0]  # how many batched rules are being traced now (nested)
+
+
+def batched() -> bool:
+    """Whether a rule is being traced under ``vmap`` (a batched primitive), at any depth.
+
+    Rules are written unbatched; this lets one choose a batch-friendly formulation (e.g. the
+    continuous adjoints keep the per-sample parameter adjoint out of their loop under
+    ``vmap``, where it is ``batch × parameters`` wide, and in it otherwise).
+    """
+    return _BATCHED[0] > 0
+
+
+@contextlib.contextmanager
+def _tracing(vmaps) -> Iterator[None]:
+    _BATCHED[0] += bool(vmaps)
+    try:
+        yield
+    finally:
+        _BATCHED[0] -= bool(vmaps)
+
+
 def _vmapped(fn, vmaps, in_axes_of):
     """Wrap ``fn`` in one ``jax.vmap`` per batching level (``vmaps`` is outermost first)."""
     for depth in range(len(vmaps) - 1, -1, -1):
@@ -137,7 +160,8 @@ def _impl(*operands, rules, treedef, static, vmaps, out_treedef):
     def run(*ops):
         return out_treedef.flatten_up_to(rules.impl(*_join(treedef, static, ops)))
 
-    return _vmapped(run, vmaps, lambda axes: axes)(*operands)
+    with _tracing(vmaps):
+        return _vmapped(run, vmaps, lambda axes: axes)(*operands)
 
 
 def _abstract_eval(*avals, rules, treedef, static, vmaps, out_treedef):
@@ -168,7 +192,8 @@ def _jvp(primals, tangents, *, rules, treedef, static, vmaps, out_treedef):
         return list(axes), [ax for ax, here in zip(axes, present, strict=True) if here]
 
     tang = [t for t, here in zip(tangents, present, strict=True) if here]
-    out, out_t = _vmapped(run, vmaps, in_axes_of)(list(primals), tang)
+    with _tracing(vmaps):
+        out, out_t = _vmapped(run, vmaps, in_axes_of)(list(primals), tang)
     out_t = [ad.Zero(jax.typeof(o).to_tangent_aval()) if t is None else t
              for o, t in zip(out, out_t, strict=True)]
     return out, out_t
@@ -220,7 +245,8 @@ def _transpose(cts, *args, rules, treedef, static, vmaps, out_treedef):
         return lifted
 
     known = [a for a, lin in zip(args, linear, strict=True) if not lin]
-    return at_depth(0)(cts, known)
+    with _tracing(vmaps):
+        return at_depth(0)(cts, known)
 
 
 def _batch(operands, dims, *, rules, treedef, static, vmaps, out_treedef):
