@@ -28,6 +28,7 @@ from test_tableaus import trees_by_order
 import neuralode as nde
 from neuralode._solvers import _esdirk, _rosenbrock
 from neuralode._solvers._rk import eval_dense
+from neuralode._solvers._step import StepContext
 
 ROSENBROCK = {"Rodas5": nde.Rodas5(), "Rodas5P": nde.Rodas5P()}
 SOLVERS = {**ROSENBROCK, "Kvaerno5": nde.Kvaerno5()}
@@ -177,7 +178,7 @@ def _fixed_steps(solver, g, y0, t_end, n):
 
     def body(i, y):
         t = i * h
-        return solver.step(g, t, y, g(t, y), h, None, False, tol=(1e-10, 1e-10)).y1
+        return solver.step(StepContext(g, tol=(1e-10, 1e-10)), t, y, g(t, y), h).y1
 
     return jax.lax.fori_loop(0, n, body, y0)
 
@@ -227,14 +228,14 @@ def test_local_orders_of_step_estimate_and_dense_output(name, smooth_reference):
     estimate O(h^5) and the dense output's error O(h^(p*+1))."""
     solver = SOLVERS[name]
     t0, y0, hs, thetas, table = smooth_reference
-    step = jax.jit(lambda h: solver.step(_smooth, t0, y0, _smooth(t0, y0), h, None, False,
-                                         tol=(1e-14, 1e-14)))
+    ctx = StepContext(_smooth, tol=(1e-14, 1e-14))
+    step = jax.jit(lambda h: solver.step(ctx, t0, y0, _smooth(t0, y0), h))
     local, est, dense = [], [], []
     for h in hs:
         res = step(h)
         local.append(np.max(np.abs(np.asarray(res.y1) - table[float(t0 + h)])))
         est.append(np.max(np.abs(np.asarray(res.err))))
-        coeffs, _ = solver.dense(_smooth, t0, y0, h, res)
+        coeffs, _ = solver.dense(ctx, t0, y0, h, res)
         d = [np.max(np.abs(np.asarray(eval_dense(y0, coeffs, th)) - table[float(t0 + th * h)]))
              for th in thetas[:-1]]
         dense.append(max(d))
@@ -393,8 +394,8 @@ def test_newton_failure_rejects_the_step_and_the_solve_recovers():
     def g(t, y):
         return _cubic(t, y, None)
 
-    res = jax.jit(lambda y: solver.step(g, 0.0, y, g(0.0, y), 10.0, None, False,
-                                        tol=(1e-6, 1e-6)))(y0)
+    ctx = StepContext(g, tol=(1e-6, 1e-6))
+    res = jax.jit(lambda y: solver.step(ctx, 0.0, y, g(0.0, y), 10.0))(y0)
     assert not bool(res.ok)  # diverged
     assert int(res.nlinsolve) >= 1 and int(res.nfe) == int(res.nlinsolve) + 1
     # From a first step of 10 the solve rejects (Newton failures and errors) and recovers.
