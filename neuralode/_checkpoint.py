@@ -22,6 +22,7 @@ from ._forward import NUM_STATS, Primal, Problem, internal
 from ._integrate import ACCEPTED, H, LoopState, T, run
 from ._plugins import Recorder
 from ._solution import Result
+from ._solvers._step import StepContext
 
 DEFAULT_CHECKPOINTS = 64
 
@@ -134,9 +135,9 @@ def checkpoint_backward(mode, problem: Problem, x: Primal, ys, n_acc, fwd_result
             return problem.fn(sign * tau, yy, params, problem.nondiff).astype(yy.dtype)
 
         f0 = g(t, y)
-        res = solver.step(g, t, y, f0, h, t_end, direction=sign,
-                          tol=(problem.rtol, problem.atol))
-        coeffs, _ = solver.dense(g, t, y, h, res, t_end, direction=sign)
+        ctx = StepContext(g, t_end, direction=sign, tol=(problem.rtol, problem.atol))
+        res = solver.step(ctx, t, y, f0, h)
+        coeffs, _ = solver.dense(ctx, t, y, h, res)
         return res.y1, coeffs
 
     def leaf(rec_obj, buf, level, count, seg_end, carry):

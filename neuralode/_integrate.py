@@ -67,7 +67,7 @@ from ._custom_types import (
 from ._solution import Result
 from ._solvers import AbstractAdaptiveSolver
 from ._solvers._rk import eval_dense
-from ._solvers._step import StepResult
+from ._solvers._step import StepContext, StepResult
 
 if TYPE_CHECKING:
     from ._plugins import Events, Nodes, Recorder, Stops
@@ -252,15 +252,13 @@ class Outputs:
 
     def write(
         self,
-        g: VectorField,
+        ctx: StepContext,
         cfg: LoopConfig,
         ys: OutputBuffer,
         ints: IntSlots,
         span: Callable[[], tuple[RealScalar, State, RealScalar, RealScalar, State, StepResult]],
         res: StepResult,
         accepted: BoolScalar,
-        t_end: RealScalar,
-        direction: Direction = 1.0,
     ) -> tuple[OutputBuffer, IntSlots]:
         """Write the outputs inside an accepted step ``(t, t1]``: returns ``(ys, ints)`` with
         the next output index ``ints[NEXT]`` advanced (and ``ints[NFE]`` by what the dense
@@ -280,7 +278,7 @@ class Outputs:
             and n_out <= _SELECT_OUTPUTS_MAX
             and n_out * y.shape[0] <= _SELECT_ENTRIES_MAX
         ):
-            coeffs, _ = solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
+            coeffs, _ = solver.dense(ctx, t, y, h, res)
             inside = accepted & (taus > t) & (taus <= t1)
             theta = jnp.where(inside, (taus - t) / h, 0.0)
             vals = eval_dense(y[None, :], coeffs[:, None, :], theta[:, None]).astype(ys.dtype)
@@ -291,7 +289,7 @@ class Outputs:
         def write(c: tuple[OutputBuffer, IntSlots]) -> tuple[OutputBuffer, IntSlots]:
             ys, ints = c
             t, y, h, t1, y1, res = span()
-            coeffs, extra = solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
+            coeffs, extra = solver.dense(ctx, t, y, h, res)
 
             # The inner loop reads the step from the carry as well (under ``vmap`` the
             # conditional becomes a select and the loop's operands would be kernels).
@@ -375,6 +373,7 @@ def run(
         steps has ``Result.max_steps_reached``.
     """
     solver, ctrl = cfg.solver, cfg.controller
+    ctx = StepContext(g, t_end, cfg.quad, direction, (rtol, atol))
     dtmin, dtmax = dtmin_value(ctrl), dtmax_value(ctrl)
     order = solver.error_order
     beta = solver.controller_beta
@@ -449,7 +448,7 @@ def run(
         st, h_eff, clip, t1, (t_lim, has_stop, t_stop) = view()
         t, h, prev = st.fs[T], st.fs[H], st.fs[PREV]
         rej_last = st.ints[REJ_LAST] != 0
-        res = solver.step(g, t, st.y, st.f, h_eff, t_end, cfg.quad, direction, tol=(rtol, atol))
+        res = solver.step(ctx, t, st.y, st.f, h_eff)
         q1 = st.q + res.q_inc if cfg.quad else st.q
         ratio = lax.stop_gradient(
             error_ratio(res, st.y, res.y1, st.q, q1, rtol, atol, cfg)
@@ -462,7 +461,7 @@ def run(
         y_out = res.y1
         if events is not None:
             ev, stop, tau_ev, y_ev, extra = events.check(
-                ev, g, cfg, t, st.y, h_eff, t1, res.y1, res, accepted, t_end, direction
+                ev, ctx, cfg, t, st.y, h_eff, t1, res.y1, res, accepted
             )
             nfe = nfe + extra
             y_out = jnp.where(stop, y_ev, res.y1)  # outputs only up to a terminal event
@@ -471,7 +470,7 @@ def run(
             buf, level, k0 = rec
             coeffs = None
             if recorder.dense:
-                coeffs, extra = solver.dense(g, t, st.y, h_eff, res, t_end, cfg.quad, direction)
+                coeffs, extra = solver.dense(ctx, t, st.y, h_eff, res)
                 nfe = nfe + jnp.where(accepted, extra, 0)
             buf, level = recorder.write(buf, level, st.ints[ACCEPTED] - k0, st, coeffs, accepted)
             rec = (buf, level, k0)
@@ -563,7 +562,7 @@ def run(
                 res_ = jax.tree.map(lambda a: fresh.get(id(a), a), res)
                 return st_.fs[T], st_.y, h_eff_, t_out, y_out, res_
 
-            ys, ints = outputs.write(g, cfg, ys, ints, span, res, accepted, t_end, direction)
+            ys, ints = outputs.write(ctx, cfg, ys, ints, span, res, accepted)
         state = (z, (f_new[1] if cfg.quad else None), q_new, ints)
         return state, ys, rec, node_buf, ev
 

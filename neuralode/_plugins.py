@@ -29,11 +29,10 @@ from ._custom_types import (
     RecordCarry,
     State,
     Times,
-    VectorField,
 )
 from ._integrate import NUM_FLOAT, NUM_INT, LoopConfig, LoopState, T, dy_of, time_dtype
 from ._solvers._rk import eval_dense
-from ._solvers._step import StepResult
+from ._solvers._step import StepContext, StepResult
 
 # ---------------------------------------------------------------------------------------------
 # Bounded step checkpoints
@@ -175,7 +174,7 @@ class Events:
     def check(
         self,
         ev: Buffers,
-        g: VectorField,
+        ctx: StepContext,
         cfg: LoopConfig,
         t: RealScalar,
         y: State,
@@ -184,8 +183,6 @@ class Events:
         y1: State,
         res: StepResult,
         accepted: BoolScalar,
-        t_end: RealScalar,
-        direction: Direction,
     ) -> tuple[Buffers, BoolScalar, RealScalar, State, IntScalar]:
         """``(ev, stop, tau_stop, y_stop, nfe)`` after an attempted step."""
         from ._event import crossings, locate
@@ -194,7 +191,7 @@ class Events:
         # (the event time's derivative comes from the implicit function theorem instead).
         g1 = lax.stop_gradient(self.cond(t1, y1))
         cross = crossings(ev["g"], g1, self.directions) & accepted
-        coeffs, extra = cfg.solver.dense(g, t, y, h, res, t_end, cfg.quad, direction)
+        coeffs, extra = cfg.solver.dense(ctx, t, y, h, res)
 
         def interp(theta: RealScalar) -> State:
             return eval_dense(y, coeffs, theta).astype(y.dtype)

@@ -26,8 +26,10 @@ from test_tableaus import gamma as tree_gamma
 from test_tableaus import trees_by_order
 
 import neuralode as nde
+from benchmarks.stiff_problems import PROBLEMS, ROBER_K, hires, robertson
 from neuralode._solvers import _esdirk, _rosenbrock
 from neuralode._solvers._rk import eval_dense
+from neuralode._solvers._step import StepContext
 
 ROSENBROCK = {"Rodas5": nde.Rodas5(), "Rodas5P": nde.Rodas5P()}
 SOLVERS = {**ROSENBROCK, "Kvaerno5": nde.Kvaerno5()}
@@ -177,7 +179,7 @@ def _fixed_steps(solver, g, y0, t_end, n):
 
     def body(i, y):
         t = i * h
-        return solver.step(g, t, y, g(t, y), h, None, False, tol=(1e-10, 1e-10)).y1
+        return solver.step(StepContext(g, tol=(1e-10, 1e-10)), t, y, g(t, y), h).y1
 
     return jax.lax.fori_loop(0, n, body, y0)
 
@@ -227,14 +229,14 @@ def test_local_orders_of_step_estimate_and_dense_output(name, smooth_reference):
     estimate O(h^5) and the dense output's error O(h^(p*+1))."""
     solver = SOLVERS[name]
     t0, y0, hs, thetas, table = smooth_reference
-    step = jax.jit(lambda h: solver.step(_smooth, t0, y0, _smooth(t0, y0), h, None, False,
-                                         tol=(1e-14, 1e-14)))
+    ctx = StepContext(_smooth, tol=(1e-14, 1e-14))
+    step = jax.jit(lambda h: solver.step(ctx, t0, y0, _smooth(t0, y0), h))
     local, est, dense = [], [], []
     for h in hs:
         res = step(h)
         local.append(np.max(np.abs(np.asarray(res.y1) - table[float(t0 + h)])))
         est.append(np.max(np.abs(np.asarray(res.err))))
-        coeffs, _ = solver.dense(_smooth, t0, y0, h, res)
+        coeffs, _ = solver.dense(ctx, t0, y0, h, res)
         d = [np.max(np.abs(np.asarray(eval_dense(y0, coeffs, th)) - table[float(t0 + th * h)]))
              for th in thetas[:-1]]
         dense.append(max(d))
@@ -244,24 +246,12 @@ def test_local_orders_of_step_estimate_and_dense_output(name, smooth_reference):
     assert dense_order + 0.6 < _slope(hs, dense) < dense_order + 1.6, dense
 
 
-# Robertson's chemical kinetics (Hairer & Wanner II, IV.10): stiff, nonlinear.
-def robertson(t, y, k):
-    return jnp.stack([
-        -k[0] * y[0] + k[2] * y[1] * y[2],
-        k[0] * y[0] - k[1] * y[1] ** 2 - k[2] * y[1] * y[2],
-        k[1] * y[1] ** 2,
-    ])
-
-
-ROBER_K = np.array([0.04, 3e7, 1e4])
-
-
 @pytest.mark.parametrize("name", IDS)
 def test_error_proportional_to_tolerance_over_four_decades(name):
     """HIRES on [0, 5] at rtol 1e-4 .. 1e-8 (atol = rtol/100): the global error follows
     the tolerance (slope ~1 in log-log), within a small multiple of it."""
     solver = SOLVERS[name]
-    y0, ts = jnp.asarray(HIRES_Y0), jnp.array([0.0, 5.0])
+    y0, ts = jnp.asarray(PROBLEMS["HIRES"].y0), jnp.array([0.0, 5.0])
     ref = HIRES_REF_T5
 
     @jax.jit
@@ -280,53 +270,14 @@ def test_error_proportional_to_tolerance_over_four_decades(name):
 # 3. Hairer-Wanner stiff problems (references: scipy Radau, rtol 1e-12, analytic Jacobian)
 # ---------------------------------------------------------------------------------------------
 
+# The problems (Robertson, VDPOL, HIRES, Oregonator: fields, tolerances, references) are the
+# catalogue benchmarks/stiff_problems.py that the stiff benchmark runs too.
 
-def vdpol(t, y, eps):
-    return jnp.stack([y[1], ((1 - y[0] ** 2) * y[1] - y[0]) / eps])
-
-
-def hires(t, y, args):
-    y1, y2, y3, y4, y5, y6, y7, y8 = (y[i] for i in range(8))
-    return jnp.stack([
-        -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
-        1.71 * y1 - 8.75 * y2,
-        -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
-        8.32 * y2 + 1.71 * y3 - 1.12 * y4,
-        -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
-        -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
-        280.0 * y6 * y8 - 1.81 * y7,
-        -280.0 * y6 * y8 + 1.81 * y7,
-    ])
-
-
-def orego(t, y, args):
-    return jnp.stack([
-        77.27 * (y[1] + y[0] * (1 - 8.375e-6 * y[0] - y[1])),
-        (y[2] - (1 + y[0]) * y[1]) / 77.27,
-        0.161 * (y[0] - y[2]),
-    ])
-
-
-HIRES_Y0 = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0057])
 HIRES_REF_T5 = np.array([
     3.1651675704570323e-02, 6.4815495310583879e-03, 4.5834510647474050e-03,
     8.9743232735183073e-02, 1.6245145375265463e-01, 6.8504389614442807e-01,
     5.6467003419205537e-03, 5.3299658079445421e-05,
 ])
-
-# name: (field, y0, args, t_end, rtol, atol, reference at t_end)
-HW_PROBLEMS = {
-    "Robertson": (robertson, [1.0, 0.0, 0.0], ROBER_K, 1e5, 1e-6, 1e-10,
-                  [1.7865921142347120e-02, 7.2747514685389555e-08, 9.8213400611014057e-01]),
-    "VDPOL": (vdpol, [2.0, -0.66], np.asarray(1e-6), 2.0, 1e-6, 1e-6,
-              [1.706167437543158, -0.8928100165511409]),
-    "HIRES": (hires, HIRES_Y0, None, 321.8122, 1e-6, 1e-8,
-              [7.3713125733255471e-04, 1.4424857263161607e-04, 5.8887297409673529e-05,
-               1.1756513432831257e-03, 2.3863561988309882e-03, 6.2389682527417573e-03,
-               2.8499983951855183e-03, 2.8500016048145066e-03]),
-    "Oregonator": (orego, [1.0, 2.0, 3.0], None, 360.0, 1e-6, 1e-8,
-                   [1.0008148703185229e+00, 1.2281785215498953e+03, 1.3205549428465335e+02]),
-}
 
 # Measured error multiples max_i |y_i - ref_i| / (atol + rtol |ref_i|) at the final time
 # (benchmarks/stiff.py prints them too): Rodas5 0.55 / 0.11 / 1.0 / 0.38, Rodas5P 0.37 / 0.32 /
@@ -336,16 +287,17 @@ HW_PROBLEMS = {
 HW_BOUND = {"Rodas5": 3.0, "Rodas5P": 8.0, "Kvaerno5": 15.0}
 
 
-@pytest.mark.parametrize("problem", list(HW_PROBLEMS))
+@pytest.mark.parametrize("problem", list(PROBLEMS))
 @pytest.mark.parametrize("name", IDS)
 def test_hairer_wanner_problems_against_radau(name, problem):
     if name == "Rodas5P" and problem in ("VDPOL", "Oregonator"):
         pytest.skip("shares Rodas5's step; two problems suffice (time budget)")
-    f, y0, args, t_end, rtol, atol, ref = HW_PROBLEMS[problem]
-    args = None if args is None else jnp.asarray(args)
-    sol = nde.odeint(f, jnp.asarray(y0), jnp.array([0.0, t_end]), args, solver=SOLVERS[name],
-                     rtol=rtol, atol=atol, max_steps=20_000)
-    ref = np.asarray(ref)
+    p = PROBLEMS[problem]
+    args = None if p.args is None else jnp.asarray(p.args)
+    rtol, atol = p.rtol, p.atol
+    sol = nde.odeint(p.field, jnp.asarray(p.y0), jnp.array([0.0, p.t_end]), args,
+                     solver=SOLVERS[name], rtol=rtol, atol=atol, max_steps=20_000)
+    ref = np.asarray(p.ref)
     multiple = np.max(np.abs(np.asarray(sol.ys[-1]) - ref) / (atol + rtol * np.abs(ref)))
     assert multiple < HW_BOUND[name], multiple
     st = {k: int(v) for k, v in sol.stats.items()}
@@ -393,8 +345,8 @@ def test_newton_failure_rejects_the_step_and_the_solve_recovers():
     def g(t, y):
         return _cubic(t, y, None)
 
-    res = jax.jit(lambda y: solver.step(g, 0.0, y, g(0.0, y), 10.0, None, False,
-                                        tol=(1e-6, 1e-6)))(y0)
+    ctx = StepContext(g, tol=(1e-6, 1e-6))
+    res = jax.jit(lambda y: solver.step(ctx, 0.0, y, g(0.0, y), 10.0))(y0)
     assert not bool(res.ok)  # diverged
     assert int(res.nlinsolve) >= 1 and int(res.nfe) == int(res.nlinsolve) + 1
     # From a first step of 10 the solve rejects (Newton failures and errors) and recovers.

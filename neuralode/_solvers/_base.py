@@ -18,19 +18,12 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+import jax.numpy as jnp
 import numpy as np
 
-from .._custom_types import (
-    DenseCoeffs,
-    Direction,
-    FieldValue,
-    RealScalarLike,
-    State,
-    Tolerances,
-    VectorField,
-)
-from ._rk import rk_dense, rk_step
-from ._step import StepResult
+from .._custom_types import DenseCoeffs, FieldValue, RealScalarLike, State
+from ._rk import combine, signed_step, stage_time
+from ._step import StepContext, StepResult
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -126,8 +119,8 @@ def hermite_interp(b: np.ndarray, f1_index: int, num_total: int) -> np.ndarray:
 class AbstractSolver:
     """Base class of the solvers. Instances are immutable, hashable static configuration.
 
-    Runge-Kutta solvers set the class attribute ``tableau``; the generic explicit step in
-    ``neuralode._solvers._rk`` runs them.
+    Runge-Kutta solvers set the class attribute ``tableau``; the generic explicit step of
+    :class:`AbstractAdaptiveSolver` runs them.
     """
 
     tableau: ClassVar[ButcherTableau]
@@ -187,41 +180,70 @@ class AbstractAdaptiveSolver(AbstractSolver):
         return tab.num_stages + (0 if tab.fsal else 1) + tab.num_extra
 
     def step(
-        self,
-        g: VectorField,
-        t: RealScalarLike,
-        y: State,
-        f0: FieldValue,
-        h: RealScalarLike,
-        t_hi: RealScalarLike | None = None,
-        quad: bool = False,
-        direction: Direction = 1.0,
-        tol: Tolerances | None = None,
+        self, ctx: StepContext, t: RealScalarLike, y: State, f0: FieldValue, h: RealScalarLike
     ) -> StepResult:
-        """Attempt one step of size ``h > 0`` from ``(t, y)`` of ``dy/dt = direction·g(t, y)``.
+        """Attempt one step of size ``h > 0`` from ``(t, y)`` of ``dy/dt = direction·g(t, y)``
+        (``g``, ``direction`` and the rest from ``ctx``) with first stage ``f0 = g(t, y)``.
 
-        ``f0 = g(t, y)``. ``direction`` is ``±1`` (a runtime scalar): the integrator runs in an
-        increasing internal time and passes the sign of the real time here, so that the
-        vector field itself is never multiplied by it. ``tol = (rtol, atol)`` are the loop's
-        tolerances: implicit methods stop their Newton iterations by them (explicit methods
-        ignore them); ``None``: the method's own default.
+        Stage times are ``t + c h``; state combinations use the signed step ``direction·h``
+        (the sign never touches the stages, so XLA computes each stage once). With a
+        quadrature channel ``f0`` is a ``(dy, dq)`` pair and the result carries the
+        quadrature increment and its error.
         """
-        del tol
-        return rk_step(self.tableau, g, t, y, f0, h, t_hi, quad, direction)
+        tab, g, t_hi, quad = self.tableau, ctx.g, ctx.t_hi, ctx.quad
+        hs = signed_step(h, ctx.direction)
+        k0, d0 = ctx.split(f0)
+        ks, ds, ys = [k0], [d0], [y]
+        for i in range(1, tab.num_stages):
+            yi = combine(y, hs, tab.a[i, :i], ks)
+            k, d = ctx.split(g(stage_time(t, tab.c[i], h, t_hi), yi))
+            ks.append(k)
+            ds.append(d)
+            ys.append(yi)
+        y1 = combine(y, hs, tab.b, ks)
+        nfe = tab.num_stages - 1
+        if tab.fsal:
+            f1 = (ks[-1], ds[-1]) if quad else ks[-1]
+        else:
+            t1 = t + h if t_hi is None else jnp.minimum(t + h, t_hi)
+            f1 = g(t1, y1)
+            nfe += 1
+        # Error estimates in at least float32 (a half-precision estimate would round away).
+        edtype = jnp.promote_types(y.dtype, jnp.float32)
+        err = None if tab.b_err is None else combine(None, hs, tab.b_err, ks, edtype)
+        err2 = None if tab.b_err2 is None else combine(None, hs, tab.b_err2, ks, edtype)
+        q_inc = q_err = None
+        if quad:
+            q_inc = combine(None, hs, tab.b, ds)
+            if tab.b_err is not None:
+                qdtype = jnp.promote_types(ds[0].dtype, jnp.float32)
+                q_err = combine(None, hs, tab.b_err, ds, qdtype)
+        stages = list(ks) if tab.fsal else list(ks) + [ctx.split(f1)[0]]
+        nodes = tuple((float(tab.c[i]), float(tab.b[i]), ys[i]) for i in range(tab.num_stages)
+                      if tab.b[i] != 0.0)
+        return StepResult(y1=y1, f1=f1, err=err, err2=err2, q_inc=q_inc, q_err=q_err,
+                          stages=stages, nfe=nfe, nodes=nodes)
 
     def dense(
-        self,
-        g: VectorField,
-        t: RealScalarLike,
-        y: State,
-        h: RealScalarLike,
-        result: StepResult,
-        t_hi: RealScalarLike | None = None,
-        quad: bool = False,
-        direction: Direction = 1.0,
+        self, ctx: StepContext, t: RealScalarLike, y: State, h: RealScalarLike, res: StepResult
     ) -> tuple[DenseCoeffs, int]:
-        """``(coeffs, nfe)``: the step's dense polynomial ``y + Σ_p coeffs[p-1] θ^p``."""
-        return rk_dense(self.tableau, g, t, y, h, result.stages, t_hi, quad, direction)
+        """``(coeffs, nfe)``: the step's dense polynomial ``y + Σ_p coeffs[p-1] θ^p``.
+
+        Evaluates the tableau's extra dense-output stages first (Dopri8), so also returns their
+        number of evaluations.
+        """
+        tab = self.tableau
+        hs = signed_step(h, ctx.direction)
+        full = list(res.stages)
+        for i in range(tab.num_extra):
+            row = tab.extra_a[i]
+            yi = combine(y, hs, row[: len(full)], full)
+            ti = stage_time(t, tab.extra_c[i], h, ctx.t_hi)
+            full.append(ctx.split(ctx.g(ti, yi))[0])
+        interp = tab.interp[: len(full)]
+        coeffs = jnp.stack([combine(None, hs, interp[:, p], full, y.dtype)
+                            for p in range(interp.shape[1])])
+        return coeffs, tab.num_extra
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,18 +294,10 @@ class AbstractStiffSolver(AbstractAdaptiveSolver):
         return self.NFE_PER_STEP
 
     def dense(
-        self,
-        g: VectorField,
-        t: RealScalarLike,
-        y: State,
-        h: RealScalarLike,
-        result: StepResult,
-        t_hi: RealScalarLike | None = None,
-        quad: bool = False,
-        direction: Direction = 1.0,
+        self, ctx: StepContext, t: RealScalarLike, y: State, h: RealScalarLike, res: StepResult
     ) -> tuple[DenseCoeffs, int]:
         """``(coeffs, 0)``: the dense polynomial was formed by the step (no evaluations)."""
-        return result.stages, 0
+        return res.stages, 0
 
 
 @dataclasses.dataclass(frozen=True)

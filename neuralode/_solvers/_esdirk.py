@@ -67,7 +67,6 @@ from jaxtyping import Array
 
 from .._custom_types import (
     BoolScalar,
-    Direction,
     DType,
     FieldValue,
     IntScalar,
@@ -75,21 +74,11 @@ from .._custom_types import (
     RealScalarLike,
     State,
     Tolerances,
-    VectorField,
 )
 from ._base import AbstractStiffSolver
-from ._linear import (
-    field_in,
-    iteration_matrix,
-    jacobians,
-    lu_factor,
-    lu_solve,
-    rms,
-    split,
-    work_dtype,
-)
+from ._linear import in_work_dtype, iteration_matrix, jacobians, lu_factor, lu_solve, rms
 from ._rosenbrock import lincomb, stage_time
-from ._step import StepResult
+from ._step import StepContext, StepResult
 
 GAMMA = 0.26
 # The Newton iteration is declared divergent when one update grows past this factor of the
@@ -260,28 +249,15 @@ class Kvaerno5(AbstractStiffSolver):
         return jnp.asarray(rtol).astype(wd), jnp.asarray(atol).astype(wd)
 
     def step(
-        self,
-        g: VectorField,
-        t: RealScalarLike,
-        y: State,
-        f0: FieldValue,
-        h: RealScalarLike,
-        t_hi: RealScalarLike | None = None,
-        quad: bool = False,
-        direction: Direction = 1.0,
-        tol: Tolerances | None = None,
+        self, ctx: StepContext, t: RealScalarLike, y: State, f0: FieldValue, h: RealScalarLike
     ) -> StepResult:
         """One Kvaerno5 step of size ``h > 0`` from ``(t, y)`` of ``dy/dt = direction·g(t, y)``
         with ``f0 = g(t, y)``. The stages ``k_i`` are values of ``g``; every state combination
         uses the signed step ``direction·h``."""
-        dtype = y.dtype
-        wd = work_dtype(dtype)
-        gw = field_in(g, dtype, wd, quad)
-        yw = y.astype(wd)
-        hw = jnp.asarray(h).astype(wd) * jnp.asarray(direction).astype(wd)  # signed step
-        k0, d0 = split(f0, quad)
-        k0 = k0.astype(wd)
-        rtol, atol = self._tolerances(tol, wd)
+        dtype, quad, t_hi = y.dtype, ctx.quad, ctx.t_hi
+        wd, gw, yw, k0, d0 = in_work_dtype(ctx, y, f0)
+        hw = jnp.asarray(h).astype(wd) * jnp.asarray(ctx.direction).astype(wd)  # signed step
+        rtol, atol = self._tolerances(ctx.tol, wd)
         scale = lax.stop_gradient(atol + rtol * jnp.abs(yw))
         # Hairer's floor (RADAU5's fnewt): at a tolerance near machine precision, ask the
         # iteration for no more than ten roundings of the relative tolerance.
@@ -289,7 +265,7 @@ class Kvaerno5(AbstractStiffSolver):
         hg = hw * GAMMA
 
         def head(t_, y_):
-            return split(gw(t_, y_), quad)[0]
+            return ctx.split(gw(t_, y_))[0]
 
         # The chord matrix only steers the iteration (the converged stages do not depend on
         # it), so it carries no derivatives.
@@ -311,11 +287,11 @@ class Kvaerno5(AbstractStiffSolver):
             ks.append(ki)
             zs.append(zi)
             if quad:
-                ds.append(split(gw(ti, zi), True)[1])
+                ds.append(ctx.split(gw(ti, zi))[1])
         y1w = zs[6]
         y1 = y1w.astype(dtype)
-        f1 = g(stage_time(t, 1.0, h, t_hi), y1)
-        k1 = split(f1, quad)[0].astype(wd)
+        f1 = ctx.g(stage_time(t, 1.0, h, t_hi), y1)
+        k1 = ctx.split(f1)[0].astype(wd)
         err = hw * lincomb(B_ERR, ks)
         q_inc = q_err = None
         if quad:

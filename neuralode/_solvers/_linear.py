@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float
 
+from ._step import StepContext
+
 
 def work_dtype(dtype):
     """The dtype the stiff solvers compute in: the state's, but at least float32.
@@ -30,11 +32,6 @@ def work_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def split(value, quad: bool):
-    """``(dy, dq)`` of a field value (``dq`` is ``None`` without a quadrature channel)."""
-    return value if quad else (value, None)
-
-
 def field_in(g: Callable, dtype, wd, quad: bool) -> Callable:
     """``g`` taking and returning work-dtype arrays (the integrator's ``g`` takes ``dtype``)."""
 
@@ -43,6 +40,18 @@ def field_in(g: Callable, dtype, wd, quad: bool) -> Callable:
         return jax.tree.map(lambda a: a.astype(wd), out)
 
     return gw
+
+
+def in_work_dtype(ctx: StepContext, y: Float[Array, " n"], f0):
+    """What a stiff step starts from, in the work dtype ``wd`` (:func:`work_dtype`).
+
+    Returns ``(wd, gw, yw, k0, d0)``: the field ``gw`` of :func:`field_in`, the state, and the
+    two parts of ``f0 = g(t, y)`` (``k0`` in ``wd``; ``d0``, the quadrature channel, as given,
+    or ``None``).
+    """
+    wd = work_dtype(y.dtype)
+    k0, d0 = ctx.split(f0)
+    return wd, field_in(ctx.g, y.dtype, wd, ctx.quad), y.astype(wd), k0.astype(wd), d0
 
 
 def jacobians(gw: Callable, t, y: Float[Array, " n"], quad: bool, with_t: bool):

@@ -70,26 +70,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from .._custom_types import (
-    Direction,
-    FieldValue,
-    RealScalarLike,
-    State,
-    Tolerances,
-    VectorField,
-)
+from .._custom_types import FieldValue, RealScalarLike, State
 from ._base import AbstractStiffSolver
-from ._linear import (
-    field_in,
-    iteration_matrix,
-    jacobians,
-    lu_factor,
-    lu_solve,
-    split,
-    work_dtype,
-)
+from ._linear import in_work_dtype, iteration_matrix, jacobians, lu_factor, lu_solve
 from ._rk import eval_dense
-from ._step import StepResult
+from ._step import StepContext, StepResult
 
 # ---------------------------------------------------------------------------------------------
 # Coefficients (transformed form; stage index 0..7)
@@ -260,16 +245,7 @@ class AbstractRodas(AbstractStiffSolver):
     NFE_PER_STEP = 8
 
     def step(
-        self,
-        g: VectorField,
-        t: RealScalarLike,
-        y: State,
-        f0: FieldValue,
-        h: RealScalarLike,
-        t_hi: RealScalarLike | None = None,
-        quad: bool = False,
-        direction: Direction = 1.0,
-        tol: Tolerances | None = None,
+        self, ctx: StepContext, t: RealScalarLike, y: State, f0: FieldValue, h: RealScalarLike
     ) -> StepResult:
         """One step of size ``h > 0`` from ``(t, y)`` of ``dy/dt = direction·g(t, y)`` with
         ``f0 = g(t, y)`` (see the module and :meth:`AbstractAdaptiveSolver.step`).
@@ -278,17 +254,13 @@ class AbstractRodas(AbstractStiffSolver):
         ``(I - hγJ_F) u_i = hγ(F_i + Σ c_ij u_j / h + d_i h F_t)`` are
         ``(I - hγ·direction·J) u_i = hγ·direction·(g_i + direction·Σ c_ij u_j / h + d_i h g_t)``.
         """
-        del tol  # linearly implicit: no iteration to stop
-        dtype = y.dtype
-        wd = work_dtype(dtype)
-        gw = field_in(g, dtype, wd, quad)
-        yw = y.astype(wd)
+        # Linearly implicit: no iteration to stop, ``ctx.tol`` is not used.
+        dtype, quad, t_hi = y.dtype, ctx.quad, ctx.t_hi
+        wd, gw, yw, k0, d0 = in_work_dtype(ctx, y, f0)
         hw = jnp.asarray(h).astype(wd)
-        k0, d0 = split(f0, quad)
-        k0 = k0.astype(wd)
         jac, f_t, g_y, g_t = jacobians(gw, t, yw, quad, with_t=True)
         tab = self.tableau
-        sgn = jnp.asarray(direction).astype(wd)
+        sgn = jnp.asarray(ctx.direction).astype(wd)
         hg = hw * tab.gamma * sgn  # signed: hγ·direction
         lu = lu_factor(iteration_matrix(jac, hg))
         inv_h = sgn / hw  # direction / h
@@ -298,7 +270,7 @@ class AbstractRodas(AbstractStiffSolver):
                 fi, di = k0, (None if d0 is None else d0.astype(wd))
             else:
                 yi = lincomb(tab.a[i, :i], us, yw)
-                fi, di = split(gw(stage_time(t, tab.cs[i], h, t_hi), yi), quad)
+                fi, di = ctx.split(gw(stage_time(t, tab.cs[i], h, t_hi), yi))
             rhs = fi
             if i > 0:
                 rhs = rhs + inv_h * lincomb(tab.c[i, :i], us)
@@ -315,7 +287,7 @@ class AbstractRodas(AbstractStiffSolver):
                 uqs.append(hg * rq)
         y1w = lincomb(tab.m, us, yw)
         y1 = y1w.astype(dtype)
-        f1 = g(stage_time(t, 1.0, h, t_hi), y1)
+        f1 = ctx.g(stage_time(t, 1.0, h, t_hi), y1)
         err = us[7]
         q_inc = q_err = None
         if quad:

@@ -1,8 +1,49 @@
-"""What one attempted step of an adaptive solver hands to the integrator."""
+"""What the integrator hands an adaptive solver (a :class:`StepContext`, once per solve) and
+what one attempted step hands back (a :class:`StepResult`)."""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
+
+from .._custom_types import (
+    Direction,
+    FieldValue,
+    QuadState,
+    RealScalarLike,
+    State,
+    Tolerances,
+    VectorField,
+)
+
+
+class StepContext(NamedTuple):
+    """What stays the same over a solve: the problem a solver's steps integrate.
+
+    The solver protocol is ``step(ctx, t, y, f0, h)`` and ``dense(ctx, t, y, h, result)``;
+    the loop builds one context per solve and passes it to every step.
+
+    Attributes:
+        g: The vector field ``g(t, y)`` in the increasing internal time; the problem is
+            ``dy/dt = direction·g(t, y)``.
+        t_hi: Stage times never pass it (the end of the solve); ``None``: unbounded.
+        quad: Whether ``g`` returns ``(dy, dq)``, a quadrature channel ``q`` that does not
+            feed back into ``g`` (static).
+        direction: ``±1`` (a runtime scalar): the sign of the real time. The solver applies it
+            to its state combinations, never to the field's values.
+        tol: ``(rtol, atol)``, the loop's tolerances: implicit methods stop their Newton
+            iterations by them (explicit methods ignore them); ``None``: the method's own
+            default.
+    """
+
+    g: VectorField
+    t_hi: RealScalarLike | None = None
+    quad: bool = False
+    direction: Direction = 1.0
+    tol: Tolerances | None = None
+
+    def split(self, value: FieldValue) -> tuple[State, QuadState | None]:
+        """``(dy, dq)`` of a value of ``g`` (``dq`` is ``None`` without a quadrature channel)."""
+        return value if self.quad else (value, None)
 
 
 class StepResult(NamedTuple):
