@@ -169,11 +169,22 @@ def forward(
 
 
 def sensitivity(problem: Problem, x: Primal, xdot: Primal, with_stats: bool = False):
-    """The forward sensitivity for the tangent ``xdot`` (``None`` leaves are zero).
+    """The forward sensitivity ``d ys`` for the tangent ``xdot`` (see :func:`propagate`), with
+    the statistics probe's values ``[num_steps, num_accepted, num_rejected, nfe]`` if
+    ``with_stats``."""
+    _, st, _, out = propagate(problem, x, xdot)
+    if with_stats:
+        return out, st.ints[jnp.array(STAT_SLOTS[:NUM_STATS])]
+    return out
 
-    Returns ``d ys`` (and, with events, ``(d ys, (d event_time, d event_y))``). The solve is
-    differentiated in forward mode with its steps held fixed; the output times enter through
-    the exact identities ``d ys_i/d t_i = f(t_i, ys_i)`` (``i >= 1``) and
+
+def propagate(problem: Problem, x: Primal, xdot: Primal):
+    """The solve and its forward sensitivity for the tangent ``xdot`` (``None`` leaves are
+    zero) in one loop: ``(ys, final loop state, events, tangent)``.
+
+    The tangent is ``d ys`` (and, with events, ``(d ys, (d event_time, d event_y))``). The
+    solve is differentiated in forward mode with its steps held fixed; the output times enter
+    through the exact identities ``d ys_i/d t_i = f(t_i, ys_i)`` (``i >= 1``) and
     ``d ys_i/d t_0 = -Φ_i f(t_0, y_0)`` (the flow's derivative applied to the start), so
     neither depends on how the solver placed its steps. The event time and state follow from
     the implicit function theorem (``neuralode._event``).
@@ -202,18 +213,15 @@ def sensitivity(problem: Problem, x: Primal, xdot: Primal, with_stats: bool = Fa
         y0, params = full[0], jax.tree.unflatten(p_def, full[1:])
         ys, st_out, _, ev = forward(problem, Primal(y0, ts, params, x.probe))
         ev_y = None if ev is None else ev.y
-        aux = (st_out.ints[jnp.array(STAT_SLOTS[:NUM_STATS])], ev)
-        return (ys, ev_y), aux
+        return (ys, ev_y), (st_out, ev)
 
-    # The outputs for the time terms come from this same solve, not from the residual `ys`:
-    # then a caller that only wants tangents (jax.jacfwd) leaves the primal solve unused and
-    # XLA drops it, so a Jacobian costs one solve plus the tangents.
+    # The primal outputs (for the time terms, and for the caller) come from this same loop.
     if active:
-        (ys_own, _), (ys_dot, ev_y_dot), (stats, ev) = jax.jvp(
+        (ys_own, _), (ys_dot, ev_y_dot), (st, ev) = jax.jvp(
             solve, tuple(args[i] for i in active), tuple(dots[i] for i in active), has_aux=True
         )
     else:  # only the statistics probe has a tangent
-        (ys_own, ev_y), (stats, ev) = solve()
+        (ys_own, ev_y), (st, ev) = solve()
         ys_dot = jnp.zeros_like(ys_own)
         ev_y_dot = None if ev_y is None else jnp.zeros_like(ev_y)
     ys = lax.stop_gradient(ys_own)
@@ -227,7 +235,7 @@ def sensitivity(problem: Problem, x: Primal, xdot: Primal, with_stats: bool = Fa
     out = ys_dot
     if ev is not None:
         out = (ys_dot, _event_tangent(problem, x, ev, ev_y_dot, fill_zeros(xdot, x)))
-    return (out, stats) if with_stats else out
+    return ys_own, st, ev, out
 
 
 def _event_tangent(problem: Problem, x: Primal, ev: EventOut, y_dot, xdot: Primal):
