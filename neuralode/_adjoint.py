@@ -198,8 +198,8 @@ class CheckpointAdjoint(AbstractAdjoint):
 class ForwardMode(AbstractAdjoint):
     """Forward sensitivities: every derivative from the forward-mode solve.
 
-    ``jax.jvp``, ``jax.jacfwd`` and ``jax.linearize`` cost one forward solve plus one tangent
-    propagation per direction (all directions of ``jacfwd`` share the solve); that holds in
+    ``jax.jacfwd`` is one loop carrying a solve and the tangents of all its directions
+    (``jax.jvp`` and ``jax.linearize`` keep the primal: one forward solve more); that holds in
     every mode, this one just never builds a backward solve. Reverse mode (``jax.grad``,
     ``jax.vjp``) is computed by materialising the Jacobian of the outputs with respect to
     every input entry (``y0``, ``ts`` and all parameter entries), so it costs one tangent per

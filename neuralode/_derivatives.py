@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from ._backward import backward_from_scratch
-from ._forward import EventOut, Primal, Problem, forward, sensitivity
+from ._forward import EventOut, Primal, Problem, forward, propagate, sensitivity
 from ._integrate import RESULT, STAT_NAMES, LoopState, stats_of, time_dtype
 from ._primitive import Rules, bind, fill_zeros, has_tangent, only_undefined, undefined
 from ._solution import RESULT_MESSAGES, Result
@@ -117,7 +117,15 @@ SOLVE = Rules("the solve", _solve_impl, _solve_abstract, _solve_jvp)
 
 
 def _sens_impl(problem, x, res, xdot):
-    return sensitivity(problem, x, xdot)
+    # The tangents come with their own solve (see `propagate`), whose primal outputs are
+    # unused when only tangents are wanted: XLA then drops SOLVE's loop and jax.jacfwd costs
+    # one loop. With ``throw``, the tangents carry the failure check of their own solve, which
+    # would otherwise go with SOLVE's.
+    _, st, _, dot = propagate(problem, x, xdot)
+    if problem.cfg.throw:
+        result = st.ints[RESULT]
+        dot = eqx.branched_error_if(dot, ~Result.succeeded(result), result, RESULT_MESSAGES)
+    return dot
 
 
 def _sens_abstract(problem, x, res, xdot):

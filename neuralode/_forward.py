@@ -33,7 +33,7 @@ from ._integrate import (
     start,
 )
 from ._plugins import Events, Recorder
-from ._primitive import fill_zeros
+from ._primitive import fill_zeros, tangent_leaves, tangent_of
 from ._solution import Result
 from ._solvers import AbstractAdaptiveSolver
 
@@ -169,41 +169,73 @@ def forward(
 
 
 def sensitivity(problem: Problem, x: Primal, xdot: Primal, with_stats: bool = False):
-    """The forward sensitivity for the tangent ``xdot`` (``None`` leaves are zero).
+    """The forward sensitivity ``d ys`` for the tangent ``xdot`` (see :func:`propagate`), with
+    the statistics probe's values ``[num_steps, num_accepted, num_rejected, nfe]`` if
+    ``with_stats``."""
+    _, st, _, out = propagate(problem, x, xdot)
+    if with_stats:
+        return out, st.ints[jnp.array(STAT_SLOTS[:NUM_STATS])]
+    return out
 
-    Returns ``d ys`` (and, with events, ``(d ys, (d event_time, d event_y))``). The solve is
-    differentiated in forward mode with its steps held fixed; the output times enter through
-    the exact identities ``d ys_i/d t_i = f(t_i, ys_i)`` (``i >= 1``) and
+
+def propagate(problem: Problem, x: Primal, xdot: Primal):
+    """The solve and its forward sensitivity for the tangent ``xdot`` (``None`` leaves are
+    zero) in one loop: ``(ys, final loop state, events, tangent)``.
+
+    The tangent is ``d ys`` (and, with events, ``(d ys, (d event_time, d event_y))``). The
+    solve is differentiated in forward mode with its steps held fixed; the output times enter
+    through the exact identities ``d ys_i/d t_i = f(t_i, ys_i)`` (``i >= 1``) and
     ``d ys_i/d t_0 = -Φ_i f(t_0, y_0)`` (the flow's derivative applied to the start), so
     neither depends on how the solver placed its steps. The event time and state follow from
     the implicit function theorem (``neuralode._event``).
-    """
-    xdot = fill_zeros(xdot, x)
-    ts = lax.stop_gradient(x.ts)
-    dt0 = xdot.ts[0]
-    start_dot = (xdot.y0 - field(problem, x, ts[0], x.y0) * dt0).astype(x.y0.dtype)
 
-    def solve(y0, params):
+    Absent tangents stay symbolic zeros: only the inputs that have a tangent are
+    differentiated (a zero parameter tangent would otherwise cost a product of every layer's
+    input with a zero matrix at every stage), and the output-time terms are computed only for
+    a tangent of ``ts``.
+    """
+    xd = tangent_of(xdot, x)
+    ts = lax.stop_gradient(x.ts)
+    y0_dot = xd.y0
+    if xd.ts is not None:
+        corr = -field(problem, x, ts[0], x.y0) * xd.ts[0]
+        y0_dot = (corr if y0_dot is None else y0_dot + corr).astype(x.y0.dtype)
+
+    p_leaves, p_def = jax.tree.flatten(x.params)
+    p_dots = tangent_leaves(xd.params, x.params)
+    args, dots = [x.y0, *p_leaves], [y0_dot, *p_dots]
+    active = [i for i, d in enumerate(dots) if d is not None]
+
+    def solve(*values):
+        full = list(args)
+        for i, v in zip(active, values, strict=True):
+            full[i] = v
+        y0, params = full[0], jax.tree.unflatten(p_def, full[1:])
         ys, st_out, _, ev = forward(problem, Primal(y0, ts, params, x.probe))
         ev_y = None if ev is None else ev.y
-        aux = (st_out.ints[jnp.array(STAT_SLOTS[:NUM_STATS])], ev)
-        return (ys, ev_y), aux
+        return (ys, ev_y), (st_out, ev)
 
-    # The outputs for the time terms come from this same solve, not from the residual `ys`:
-    # then a caller that only wants tangents (jax.jacfwd) leaves the primal solve unused and
-    # XLA drops it, so a Jacobian costs one solve plus the tangents.
-    (ys_own, ev_y_own), (ys_dot, ev_y_dot), (stats, ev) = jax.jvp(
-        solve, (x.y0, x.params), (start_dot, xdot.params), has_aux=True
-    )
+    # The primal outputs (for the time terms, and for the caller) come from this same loop.
+    if active:
+        (ys_own, _), (ys_dot, ev_y_dot), (st, ev) = jax.jvp(
+            solve, tuple(args[i] for i in active), tuple(dots[i] for i in active), has_aux=True
+        )
+    else:  # only the statistics probe has a tangent
+        (ys_own, ev_y), (st, ev) = solve()
+        ys_dot = jnp.zeros_like(ys_own)
+        ev_y_dot = None if ev_y is None else jnp.zeros_like(ev_y)
     ys = lax.stop_gradient(ys_own)
     reached = jnp.isfinite(ys)
-    fs = jax.vmap(lambda t, y: field(problem, x, t, y))(ts, jnp.where(reached, ys, 0.0))
-    ys_dot = (ys_dot + fs * xdot.ts[:, None]).astype(ys.dtype).at[0].set(xdot.y0)
+    if xd.ts is not None:
+        fs = jax.vmap(lambda t, y: field(problem, x, t, y))(ts, jnp.where(reached, ys, 0.0))
+        ys_dot = ys_dot + fs * xd.ts[:, None]
+    y0_row = jnp.zeros_like(x.y0) if xd.y0 is None else xd.y0
+    ys_dot = ys_dot.astype(ys.dtype).at[0].set(y0_row)
     ys_dot = jnp.where(reached, ys_dot, 0.0)  # outputs not reached have no derivative
     out = ys_dot
     if ev is not None:
-        out = (ys_dot, _event_tangent(problem, x, ev, ev_y_dot, xdot))
-    return (out, stats) if with_stats else out
+        out = (ys_dot, _event_tangent(problem, x, ev, ev_y_dot, fill_zeros(xdot, x)))
+    return ys_own, st, ev, out
 
 
 def _event_tangent(problem: Problem, x: Primal, ev: EventOut, y_dot, xdot: Primal):

@@ -282,6 +282,18 @@ def has_tangent(tree) -> bool:
     return any(x is not None for x in jax.tree.leaves(tree, is_leaf=lambda v: v is None))
 
 
+def tangent_of(tangent, like):
+    """``tangent`` shaped like ``like`` leaf by leaf, ``None`` (a symbolic zero) for every leaf
+    without a tangent (``None`` may stand for a whole subtree in ``tangent``)."""
+    treedef = jax.tree.structure(like)
+    return jax.tree.unflatten(treedef, _lenient_flatten(treedef, tangent))
+
+
+def tangent_leaves(tangent, like) -> list:
+    """The leaves of ``tangent`` in the order of ``like`` 's leaves, ``None`` for absent ones."""
+    return _lenient_flatten(jax.tree.structure(like), tangent)
+
+
 def fill_zeros(tangent, like):
     """Replace ``None`` (symbolic zero) tangents, whole subtrees too, by zeros like ``like``."""
     leaves, treedef = jax.tree.flatten(like)
