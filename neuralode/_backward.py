@@ -190,8 +190,6 @@ def add_event(y, c_y):
     return y.at[y.shape[0] - n:].add(c_y) if n else y
 
 
-
-
 # Floats of quadrature-node buffer per backward solve (per sample under vmap).
 NODE_BUDGET = 1 << 18
 # A node buffer is flushed in this many chunks at most (only the filled ones are evaluated).
@@ -282,8 +280,6 @@ def flush_filled(flush, buf, chunk: int):
 def stop_times(taus):
     """Backward stops: ``ρ = -τ`` of ``ts[-2], ..., ts[0]`` (increasing)."""
     return -taus[:-1][::-1]
-
-
 
 
 def backward_from_scratch(problem: Problem, x: Primal, ct):

@@ -113,8 +113,6 @@ def step_size(st: LoopState, t_end):
     return jnp.where(h >= t_end - t, t_end - t, h)
 
 
-
-
 def checkpoint_backward(mode, problem: Problem, x: Primal, ys, n_acc, fwd_result,
                 rec, extra: Extra):
     ct = extra.ct

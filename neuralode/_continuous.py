@@ -119,8 +119,6 @@ def backsolve_backward(mode, problem: Problem, x: Primal, ys, fwd_result,
                    loop_stats(st), st.ints[RESULT], _BACKSOLVE_HINT, extra.c_params)
 
 
-
-
 def interpolated_backward(mode, problem: Problem, x: Primal, ys, n_acc, fwd_result,
                   rec, extra: Extra):
     ct, ys, skip, params_flat, unravel = _setup(x, ys, fwd_result, extra)

@@ -231,13 +231,6 @@ class Kvaerno5(AbstractStiffSolver):
                 raise ValueError(f"Kvaerno5: `{name}` must be a positive number or None.")
 
 
-
-
-
-
-
-
-
     def _tolerances(self, tol: Tolerances | None, wd: DType) -> tuple[RealScalar, RealScalar]:
         rtol = atol = None
         if tol is not None:

@@ -307,7 +307,6 @@ class AbstractRodas(AbstractStiffSolver):
         )
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Rodas5(AbstractRodas):
     """Rodas5: stiffly accurate Rosenbrock method of order 5 with an embedded order-4 estimate.

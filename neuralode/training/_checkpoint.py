@@ -37,15 +37,12 @@ _HISTORY_RE = re.compile(r"^checkpoint-(\d+)\.eqx$")
 _TEMP_RE = re.compile(r"^\.(checkpoint(-\d+)?\.eqx|config\.json|metrics\.jsonl)\.[^/]*\.tmp$")
 
 
-
 class CheckpointCorruptError(ValueError):
     """A checkpoint file is damaged: bad magic bytes, a checksum mismatch, or cut short.
 
     The message names the file. :meth:`Trainer.restore` falls back to an older checkpoint
     when it meets one.
     """
-
-
 
 
 def to_host(tree: PyTree) -> PyTree:
