@@ -266,8 +266,9 @@ def flush_filled(flush, buf, chunk: int):
     if chunk >= capacity:
         return flush(buf)
     pad = -capacity % chunk  # zero-weight nodes: they add nothing
-    buf = {k: v if k == "count" else jnp.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1))
-           for k, v in buf.items()}
+    if pad:
+        buf = {k: v if k == "count" else jnp.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1))
+               for k, v in buf.items()}
     num = (buf["count"] + chunk - 1) // chunk
 
     def body(k, acc):

@@ -33,6 +33,7 @@ from .._custom_types import (
 if TYPE_CHECKING:
     from ._base import ButcherTableau
 
+
 def combine(
     base: Array | None,
     h: RealScalarLike,
